@@ -1,0 +1,44 @@
+# Quick start:  make run   (set up everything, start Triton + search service + Milvus Lite, demo)
+# Tests:        make test
+SHELL := /bin/bash
+PYTHON_BIN ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
+
+.PHONY: venv proto models repository test test-fast lint run stop triton clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements/serve.txt
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/serve.txt
+	touch $@
+
+proto: venv $(BUILD)/gen/.stamp
+$(BUILD)/gen/.stamp: $(wildcard proto/visualsearch/v1/*.proto)
+	mkdir -p $(BUILD)/gen
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(BUILD)/gen --pyi_out=$(BUILD)/gen \
+	  --grpc_python_out=$(BUILD)/gen --include_imports \
+	  --descriptor_set_out=$(BUILD)/visualsearch.protoset proto/visualsearch/v1/*.proto
+	touch $@
+
+# Exports are cached in $${VS_CACHE_DIR:-~/.cache/visualsearch}; choose models with
+# VS_DETECTOR=... VS_EMBEDDER=... (built-in name or a folder with model.onnx + manifest.json).
+models: venv
+	$(PY) -m services.models.build --all-builtin
+
+triton: models
+	$(PY) -m services.triton.launcher run
+
+test: venv proto models
+	$(PY) -m pytest -q tests
+
+test-fast: venv proto
+	$(PY) -m pytest -q tests -m "not slow"
+
+lint: venv
+	$(PY) -m ruff check services tests model_repository
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,1 @@
+"""Visual product search: inference tier tooling, search service and importer."""

@@ -1,0 +1,1 @@
+"""Model export, preparation and Triton model-repository rendering."""

@@ -1,0 +1,1 @@
+"""Running and calling Triton Inference Server."""
