@@ -9,7 +9,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,12 +32,10 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"invalid image: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
-            tensor, ratio, pad_x, pad_y = vs_imaging.letterbox(decoded.pixels, self.size)
-            geometry = np.array([[ratio, pad_x, pad_y, decoded.scale_x, decoded.scale_y,
-                                  decoded.width, decoded.height]], np.float32)
+            tensor, geometry = vs_imaging.prepare_detector_input(decoded, self.size)
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("DETECTOR_INPUT", tensor[None]),
                 pb_utils.Tensor("WORK_IMAGE", decoded.pixels[None]),
-                pb_utils.Tensor("GEOMETRY", geometry),
+                pb_utils.Tensor("GEOMETRY", geometry[None]),
             ]))
         return responses

@@ -20,6 +20,7 @@ Image.MAX_IMAGE_PIXELS = None
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)
 LETTERBOX_FILL = 114
+FALLBACK_LABEL = "image"  # label of the whole-image object when nothing is detected
 
 
 class InvalidImage(ValueError):
@@ -150,3 +151,64 @@ def crop_resize(pixels: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         crop = img.crop((left, top, right, bottom)).resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(crop, np.float32).transpose(2, 0, 1)
     return out
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # Kx4 xyxy in original-image pixels
+    scores: np.ndarray  # K
+    class_ids: np.ndarray  # K, -1 for the whole-image fallback
+    crops: np.ndarray  # Kx3xSxS float32 0..255, the embedder's input
+    fallback: bool  # nothing detected: the single object is the whole image
+
+
+def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The detector tensor (3xSxS) and the geometry that maps its boxes back (7 floats)."""
+    tensor, ratio, pad_x, pad_y = letterbox(decoded.pixels, size)
+    geometry = np.array([ratio, pad_x, pad_y, decoded.scale_x, decoded.scale_y,
+                         decoded.width, decoded.height], np.float32)
+    return tensor, geometry
+
+
+def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
+                            score_threshold: float, iou_threshold: float, max_objects: int,
+                            crop_size: int) -> Detections:
+    """YOLO output for one image -> boxes in original pixels and embedder crops."""
+    ratio, pad_x, pad_y, scale_x, scale_y, width, height = geometry.tolist()
+    boxes, scores, classes = detect(raw, num_classes, score_threshold, iou_threshold, max_objects)
+    h, w = pixels.shape[:2]
+    work = (boxes - np.array([pad_x, pad_y, pad_x, pad_y], np.float32)) / ratio
+    work = np.clip(work, 0, [w, h, w, h]).astype(np.float32)
+    valid = ((work[:, 2] - work[:, 0]) >= 2) & ((work[:, 3] - work[:, 1]) >= 2)
+    work, scores, classes = work[valid], scores[valid], classes[valid]
+    fallback = len(work) == 0
+    if fallback:
+        work = np.array([[0, 0, w, h]], np.float32)
+        scores = np.zeros((1,), np.float32)
+        classes = np.full((1,), -1, np.int32)
+    original = work * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
+    original = np.clip(original, 0, [width, height, width, height]).astype(np.float32)
+    return Detections(original, scores.astype(np.float32), classes.astype(np.int32),
+                      crop_resize(pixels, work, crop_size), fallback)
+
+
+def region_crop(decoded: Decoded, region: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a caller-given x1,y1,x2,y2 region (original px; all zeros = whole image).
+
+    Returns the 1x3xSxS crop and the 1x4 clipped box actually used.
+    """
+    region = np.asarray(region, np.float64).reshape(-1)
+    width, height = decoded.width, decoded.height
+    if region.shape != (4,):
+        raise InvalidImage(f"region must have 4 coordinates, got {region.shape[0]}")
+    if not np.all(np.isfinite(region)):
+        raise InvalidImage("region holds a non-finite coordinate")
+    if not np.any(region):
+        region = np.array([0, 0, width, height], np.float64)
+    x1, y1, x2, y2 = np.clip(region, 0, [width, height, width, height])
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        raise InvalidImage(f"region {region.tolist()} is empty or outside the {width}x{height} image "
+                           "(x1, y1, x2, y2 in original pixels, x2 > x1, y2 > y1)")
+    box = np.array([[x1, y1, x2, y2]], np.float32)
+    work = box / np.array([decoded.scale_x, decoded.scale_y] * 2, np.float32)
+    return crop_resize(decoded.pixels, work, crop_size), box

@@ -103,7 +103,14 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
 
     model = copy.deepcopy(model)
     graph = model.graph
-    prefix = "vs_wrap_"
+    prefix = _free_prefix(graph)
+    # The wrapper owns the names "pixels" and "embedding"; move the raw graph's aside.
+    for taken in (EMBED_INPUT, EMBED_OUTPUT):
+        if taken in _tensor_names(graph):
+            _rename_tensor(graph, taken, prefix + "raw_" + taken)
+            feature = prefix + "raw_" + taken if feature == taken else feature
+    raw_in = _find_io(graph, prefix + "raw_" + spec["name"] if spec["name"] in (EMBED_INPUT, EMBED_OUTPUT)
+                      else spec["name"], "input")
     nodes: list[onnx.NodeProto] = []
     inits: list[TensorProto] = []
     current = EMBED_INPUT
@@ -153,6 +160,31 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     serving = {"input": {"name": EMBED_INPUT, "shape": [3, size, size]},
                "output": {"name": EMBED_OUTPUT, "shape": [int(probe.shape[1])]}}
     return model, {"serving": serving}
+
+
+def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {vi.name for vi in [*graph.input, *graph.output]} | {i.name for i in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def _free_prefix(graph: onnx.GraphProto) -> str:
+    names = _tensor_names(graph)
+    n = 0
+    while any(name.startswith(f"vs_wrap{n}_") for name in names):
+        n += 1
+    return f"vs_wrap{n}_"
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
 
 
 def _opset(model: onnx.ModelProto) -> int:

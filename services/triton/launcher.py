@@ -41,6 +41,10 @@ class TritonStartError(RuntimeError):
     """Triton did not become able to serve a real inference."""
 
 
+def default_cache() -> Path:
+    return Path(os.environ.get("VS_CACHE_DIR", Path.home() / ".cache" / "visualsearch"))
+
+
 def pytriton_root() -> Path:
     import pytriton
 
@@ -135,7 +139,7 @@ class TritonServer:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    cache: Path = field(default_factory=lambda: Path(os.environ.get("VS_CACHE_DIR", Path.home() / ".cache" / "visualsearch")))
+    cache: Path = field(default_factory=default_cache)
     log_path: Path | None = None
     bind_address: str = "127.0.0.1"
     startup_timeout_s: float = 300.0

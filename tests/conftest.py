@@ -1,0 +1,35 @@
+"""Shared fixtures: the real tritonserver on the CPU repository, real photos, free ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from services.sample_photos import load_photos
+from services.triton.launcher import TritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build"
+CPU_REPOSITORY = BUILD / "model_repository" / "cpu"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def photos():
+    return load_photos()
+
+
+@pytest.fixture(scope="session")
+def triton():
+    if not (CPU_REPOSITORY / "detect_and_embed" / "config.pbtxt").is_file():
+        pytest.fail("no rendered model repository: run `make models` (make test does)")
+    server = TritonServer(CPU_REPOSITORY, free_port(), free_port(), free_port())
+    with server:
+        yield server
