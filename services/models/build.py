@@ -27,12 +27,11 @@ from pathlib import Path
 from services.models import manifest as mf
 from services.models import prepare as prep
 from services.models import repository
+from services.paths import BUILD, ROOT, default_cache
 
 log = logging.getLogger("services.models.build")
 
-ROOT = Path(__file__).resolve().parents[2]
 EXPORT_REQUIREMENTS = ROOT / "requirements" / "export.txt"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visualsearch"
 
 
 @dataclass(frozen=True)
@@ -189,12 +188,12 @@ def install(served: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("VS_CACHE_DIR", DEFAULT_CACHE)))
+    parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--detector", default=os.environ.get("VS_DETECTOR") or DEFAULT_DETECTOR)
     parser.add_argument("--embedder", default=os.environ.get("VS_EMBEDDER") or DEFAULT_EMBEDDER)
     parser.add_argument("--all-builtin", action="store_true",
                         help="also export the built-in models that are not selected (for comparisons)")
-    parser.add_argument("--out", type=Path, default=ROOT / "build")
+    parser.add_argument("--out", type=Path, default=BUILD)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

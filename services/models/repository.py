@@ -19,10 +19,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from services.models import manifest as mf
+from services.paths import ROOT
 
 log = logging.getLogger(__name__)
 
-PYTHON_SOURCES = Path(__file__).resolve().parents[2] / "model_repository" / "python"
+PYTHON_SOURCES = ROOT / "model_repository" / "python"
 SHARED_MODULE = "vs_imaging.py"
 
 DETECT_ENSEMBLE = "detect_and_embed"

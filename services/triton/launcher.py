@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from services.paths import BUILD, ROOT, default_cache
+
 log = logging.getLogger("services.triton.launcher")
 
-ROOT = Path(__file__).resolve().parents[2]
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "vs-triton-"
 PROBE_MODEL = "detect_and_embed"
@@ -39,10 +40,6 @@ PROBE_MODEL = "detect_and_embed"
 
 class TritonStartError(RuntimeError):
     """Triton did not become able to serve a real inference."""
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("VS_CACHE_DIR", Path.home() / ".cache" / "visualsearch"))
 
 
 def pytriton_root() -> Path:
@@ -270,11 +267,11 @@ def _supervise(server: TritonServer, interval_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the local tritonserver")
     parser.add_argument("action", choices=["run", "start", "stop"])
-    parser.add_argument("--repository", type=Path, default=ROOT / "build" / "model_repository" / "cpu")
+    parser.add_argument("--repository", type=Path, default=BUILD / "model_repository" / "cpu")
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("VS_TRITON_HTTP_PORT", 8000)))
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("VS_TRITON_GRPC_PORT", 8001)))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("VS_TRITON_METRICS_PORT", 8002)))
-    parser.add_argument("--pid-file", type=Path, default=ROOT / "build" / "run" / "triton.pid")
+    parser.add_argument("--pid-file", type=Path, default=BUILD / "run" / "triton.pid")
     parser.add_argument("--watch-interval", type=float, default=15.0,
                         help="seconds between health probes (run/start): dead stubs are reloaded")
     args = parser.parse_args(argv)

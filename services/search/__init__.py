@@ -1,0 +1,1 @@
+"""The search service: SearchByImage and the catalog API over gRPC, on Triton and Milvus."""

@@ -1,0 +1,215 @@
+"""The Milvus collection of catalog vectors: schema, index, search, idempotent writes, stats.
+
+The same code serves Milvus Lite (a local path URI) and any Milvus server (http://...).
+pymilvus' MilvusClient is blocking, so the async service calls it in worker threads; every
+call carries a timeout so a dead Milvus turns into UNAVAILABLE instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from services.search.config import Settings
+from services.search.errors import BackendUnavailable, InvalidInput
+from services.search.filters import literal, string_list
+
+log = logging.getLogger(__name__)
+
+PK_MAX = 300
+OUTPUT_FIELDS = ["product_id", "image_id", "label", "box", "category", "price", "title", "attributes"]
+MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
+
+
+class SchemaMismatch(RuntimeError):
+    """The existing collection cannot hold this embedder's vectors."""
+
+
+@dataclass
+class Hit:
+    similarity: float
+    fields: dict[str, Any]
+
+
+def row_key(product_id: str, image_id: str, index: int) -> str:
+    return f"{product_id}|{image_id}|{index}"
+
+
+class CatalogStore:
+    def __init__(self, settings: Settings, dimension: int) -> None:
+        self.settings = settings
+        self.dimension = dimension
+        self.collection = settings.milvus_collection
+        self.is_server = settings.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        self._client: MilvusClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return "milvus-server" if self.is_server else "milvus-lite"
+
+    # -- connection -------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the client, create the collection if missing, check it, load it once."""
+        with self._lock:
+            if self._client is not None:
+                return
+            uri = self.settings.milvus_uri
+            if not self.is_server:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                client = MilvusClient(uri=uri, token=self.settings.milvus_token,
+                                      timeout=self.settings.milvus_timeout_s)
+                if not client.has_collection(self.collection, timeout=self.settings.milvus_timeout_s):
+                    self._create(client)
+                self._check_schema(client)
+                client.load_collection(self.collection, timeout=max(60.0, self.settings.milvus_timeout_s))
+            except MilvusException as exc:
+                raise BackendUnavailable(f"Milvus at {self._where()} is unavailable: {exc.message}") from None
+            except Exception as exc:  # grpc / connection errors from pymilvus internals
+                if isinstance(exc, SchemaMismatch):
+                    raise
+                raise BackendUnavailable(f"Milvus at {self._where()} is unavailable: {exc}") from None
+            self._client = client
+            log.info("milvus ready", extra={"uri": self._where(), "collection": self.collection,
+                                            "mode": self.mode})
+
+    def _where(self) -> str:
+        return self.settings.milvus_uri
+
+    def disconnect(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # closing a broken connection must not mask the cause
+                    pass
+                self._client = None
+
+    def _create(self, client: MilvusClient) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description="visual product search: one row per catalog object")
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=PK_MAX)
+        schema.add_field("product_id", DataType.VARCHAR, max_length=128)
+        schema.add_field("image_id", DataType.VARCHAR, max_length=128)
+        schema.add_field("label", DataType.VARCHAR, max_length=64)
+        schema.add_field("box", DataType.JSON)
+        schema.add_field("category", DataType.VARCHAR, max_length=128)
+        schema.add_field("price", DataType.DOUBLE)
+        schema.add_field("title", DataType.VARCHAR, max_length=512)
+        schema.add_field("attributes", DataType.JSON)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
+                        params=self.settings.effective_index_params)
+        client.create_collection(self.collection, schema=schema, index_params=index,
+                                 consistency_level=self.settings.consistency_level,
+                                 timeout=self.settings.milvus_timeout_s)
+        log.info("created collection", extra={"collection": self.collection, "dimension": self.dimension,
+                                              "index_type": self.settings.index_type})
+
+    def _check_schema(self, client: MilvusClient) -> None:
+        info = client.describe_collection(self.collection, timeout=self.settings.milvus_timeout_s)
+        fields = {f["name"]: f for f in info["fields"]}
+        missing = [name for name in ["pk", "vector", *OUTPUT_FIELDS] if name not in fields]
+        if missing:
+            raise SchemaMismatch(f"collection {self.collection!r} lacks fields {missing}; "
+                                 "it was not created by this service (set VS_MILVUS_COLLECTION)")
+        dim = int(fields["vector"].get("params", {}).get("dim", 0))
+        if dim != self.dimension:
+            raise SchemaMismatch(
+                f"collection {self.collection!r} holds {dim}-d vectors but the embedder produces "
+                f"{self.dimension}-d ones; use another VS_MILVUS_COLLECTION or re-import the catalog")
+
+    def _call(self, what: str, fn: str, *args: Any, **kwargs: Any) -> Any:
+        client = self._client
+        if client is None:
+            raise BackendUnavailable(f"Milvus at {self._where()} is unavailable (reconnecting)")
+        kwargs.setdefault("timeout", self.settings.milvus_timeout_s)
+        try:
+            return getattr(client, fn)(*args, **kwargs)
+        except MilvusException as exc:
+            self._maybe_broken(exc)
+            raise BackendUnavailable(f"Milvus {what} failed: {exc.message}") from None
+        except Exception as exc:
+            self._maybe_broken(exc)
+            raise BackendUnavailable(f"Milvus {what} failed: {exc}") from None
+
+    def _maybe_broken(self, exc: Exception) -> None:
+        log.warning("milvus call failed; will reconnect", extra={"error": str(exc)[:300]})
+        self.disconnect()
+
+    # -- reads ------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raises BackendUnavailable unless a real query on the loaded collection works."""
+        if self._client is None:
+            self.connect()
+        self._call("health query", "query", self.collection, filter="", output_fields=["count(*)"],
+                   consistency_level="Eventually")
+
+    def search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Hit]]:
+        """Nearest rows for every vector in one call (nq = len(vectors))."""
+        results = self._call(
+            "search", "search", self.collection, data=[v.astype(np.float32).tolist() for v in vectors],
+            limit=min(limit, MAX_SEARCH_LIMIT), filter=expression, output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": "IP", "params": self.settings.effective_search_params},
+            consistency_level=self.settings.consistency_level)
+        return [[Hit(float(h["distance"]), h["entity"]) for h in hits] for hits in results]
+
+    def stats(self) -> dict[str, Any]:
+        vectors = self._count("")
+        products, images = set(), set()
+        iterator = self._call("stats scan", "query_iterator", self.collection, batch_size=4096, filter="",
+                              output_fields=["product_id", "image_id"])
+        try:
+            while batch := iterator.next():
+                for row in batch:
+                    products.add(row["product_id"])
+                    images.add((row["product_id"], row["image_id"]))
+        finally:
+            iterator.close()
+        index = self._call("describe index", "describe_index", self.collection, "vector") or {}
+        return {"products": len(products), "images": len(images), "vectors": vectors,
+                "index_type": index.get("index_type", ""), "index_state": str(index.get("state", "")),
+                "indexed_vectors": int(index.get("indexed_rows", 0) or 0)}
+
+    def _count(self, expression: str) -> int:
+        rows = self._call("count", "query", self.collection, filter=expression, output_fields=["count(*)"],
+                          consistency_level=self.settings.consistency_level)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # -- writes (the service serialises them) -------------------------------------------
+    def replace_product(self, product_id: str, rows: list[dict[str, Any]], kept_image_ids: list[str],
+                        attributes: dict[str, Any]) -> int:
+        """Make ``rows`` the product's vectors, keeping the old vectors of ``kept_image_ids``
+        (images that failed this time) with the new attributes. Upsert first, then delete the
+        leftovers, so the product is never missing from search."""
+        if kept_image_ids:
+            expression = f"product_id == {literal(product_id)} and image_id in {string_list(kept_image_ids)}"
+            kept = self._call("read kept rows", "query", self.collection, filter=expression,
+                              output_fields=["pk", "vector", *OUTPUT_FIELDS],
+                              consistency_level=self.settings.consistency_level)
+            rows = rows + [{**row, **attributes} for row in kept]
+        if not rows:
+            return 0
+        for row in rows:
+            if len(row["pk"]) > PK_MAX:
+                raise InvalidInput(f"product/image ids too long for a key: {row['pk'][:60]}...")
+        self._call("upsert", "upsert", self.collection, data=rows)
+        keys = [row["pk"] for row in rows]
+        self._call("delete stale rows", "delete", self.collection,
+                   filter=f"product_id == {literal(product_id)} and pk not in {string_list(keys)}")
+        return len(rows)
+
+    def delete_products(self, product_ids: list[str]) -> int:
+        expression = f"product_id in {string_list(product_ids)}"
+        before = self._count(expression)
+        self._call("delete", "delete", self.collection, filter=expression)
+        return before

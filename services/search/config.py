@@ -1,0 +1,140 @@
+"""All search-service settings: environment variables with documented defaults.
+
+Read once at start-up by ``Settings.from_env()``; a bad value stops the process with an
+error naming the variable. README.md ("Configuration") lists the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the environment variable."""
+
+
+INDEX_TYPES = ("HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW_SQ")
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _json_object(raw: str) -> dict:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _setting(env: str, default: Any, help: str, parse: Callable[[str], Any] = str,  # noqa: A002
+             check: Callable[[Any], bool] | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "parse": parse, "check": check,
+                                            "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = _setting("VS_LISTEN", "127.0.0.1:50051", "gRPC listen address (host:port)")
+    triton_url: str = _setting("VS_TRITON_URL", "127.0.0.1:8001", "Triton gRPC endpoint (host:port)")
+    triton_timeout_s: float = _setting("VS_TRITON_TIMEOUT_S", 30.0,
+                                       "upper bound of one Triton call when the caller sets no deadline",
+                                       float, _positive)
+    milvus_uri: str = _setting("VS_MILVUS_URI", "./data/catalog.db",
+                               "a local path = embedded Milvus Lite; http://host:19530 = a Milvus server")
+    milvus_token: str = _setting("VS_MILVUS_TOKEN", "", "Milvus token or user:password (a Secret in k8s)")
+    milvus_collection: str = _setting("VS_MILVUS_COLLECTION", "products", "collection name")
+    milvus_timeout_s: float = _setting("VS_MILVUS_TIMEOUT_S", 10.0, "upper bound of one Milvus call",
+                                       float, _positive)
+    index_type: str = _setting("VS_INDEX_TYPE", "HNSW", "vector index type", choices=INDEX_TYPES)
+    index_params: dict = _setting("VS_INDEX_PARAMS", None, "index build parameters (JSON); default per type",
+                                  _json_object)
+    search_params: dict = _setting("VS_SEARCH_PARAMS", None, "search parameters (JSON); default per type",
+                                   _json_object)
+    consistency_level: str = _setting("VS_CONSISTENCY_LEVEL", "Strong",
+                                      "Milvus consistency; Strong makes an import searchable when it returns",
+                                      choices=CONSISTENCY_LEVELS)
+    max_image_bytes: int = _setting("VS_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest accepted image", int,
+                                    _positive)
+    max_message_bytes: int = _setting("VS_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
+                                      "gRPC max message size, both directions (the 4 MiB default breaks photos)",
+                                      int, _positive)
+    max_batch_images: int = _setting("VS_MAX_BATCH_IMAGES", 16, "images per BatchSearchByImage", int, _positive)
+    max_images_per_product: int = _setting("VS_MAX_IMAGES_PER_PRODUCT", 32, "images per imported product", int,
+                                           _positive)
+    max_in_flight: int = _setting("VS_MAX_IN_FLIGHT", 64,
+                                  "requests handled at once; more get RESOURCE_EXHAUSTED", int, _positive)
+    default_top_k: int = _setting("VS_DEFAULT_TOP_K", 10, "top_k when the request gives 0", int, _positive)
+    max_top_k: int = _setting("VS_MAX_TOP_K", 100, "largest accepted top_k", int, _positive)
+    group_overfetch: int = _setting("VS_GROUP_OVERFETCH", 4,
+                                    "vectors fetched per wanted product before collapsing per product", int,
+                                    _positive)
+    import_concurrency: int = _setting("VS_IMPORT_CONCURRENCY", 4, "images embedded at once per import call",
+                                       int, _positive)
+    health_interval_s: float = _setting("VS_HEALTH_INTERVAL_S", 5.0,
+                                        "seconds between dependency probes (a real inference and a Milvus query)",
+                                        float, _positive)
+    shutdown_grace_s: float = _setting("VS_SHUTDOWN_GRACE_S", 20.0,
+                                       "on SIGTERM, time for in-flight calls to finish", float, _positive)
+    metrics_port: int = _setting("VS_METRICS_PORT", 9464, "Prometheus /metrics port; 0 disables", int,
+                                 lambda v: 0 <= v < 65536)
+    log_level: str = _setting("VS_LOG_LEVEL", "INFO", "log level", choices=LOG_LEVELS)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            raw = environ.get(meta["env"])
+            if raw is None or raw == "":
+                continue
+            try:
+                value = meta["parse"](raw)
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{meta['env']}={raw!r}: {exc}") from None
+            if meta["choices"] and value not in meta["choices"]:
+                raise ConfigError(f"{meta['env']}={raw!r}: must be one of {', '.join(meta['choices'])}")
+            if meta["check"] and not meta["check"](value):
+                raise ConfigError(f"{meta['env']}={raw!r}: out of range")
+            values[f.name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"VS_LISTEN={self.listen!r}: expected host:port")
+        if self.max_image_bytes + 1024 > self.max_message_bytes:
+            raise ConfigError("VS_MAX_MESSAGE_BYTES must exceed VS_MAX_IMAGE_BYTES (a request carries the image)")
+        if self.default_top_k > self.max_top_k:
+            raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
+        if not self.milvus_collection.replace("_", "a").isalnum():
+            raise ConfigError(f"VS_MILVUS_COLLECTION={self.milvus_collection!r}: letters, digits and _ only")
+
+    @property
+    def effective_index_params(self) -> dict:
+        if self.index_params is not None:
+            return self.index_params
+        return {"HNSW": {"M": 16, "efConstruction": 200}, "HNSW_SQ": {"M": 16, "efConstruction": 200},
+                "IVF_FLAT": {"nlist": 1024}, "IVF_SQ8": {"nlist": 1024}}.get(self.index_type, {})
+
+    @property
+    def effective_search_params(self) -> dict:
+        if self.search_params is not None:
+            return self.search_params
+        return {"HNSW": {"ef": 128}, "HNSW_SQ": {"ef": 128}, "IVF_FLAT": {"nprobe": 32},
+                "IVF_SQ8": {"nprobe": 32}}.get(self.index_type, {})
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for docs and manifest checks."""
+    return [(f.metadata["env"], "" if f.default is None else str(f.default), f.metadata["help"])
+            for f in fields(Settings)]

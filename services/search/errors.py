@@ -1,0 +1,23 @@
+"""Failures the service turns into precise gRPC status codes (see ``server.abort_for``)."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidInput(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class BackendUnavailable(ServiceError):
+    """Triton or Milvus cannot be reached or is not serving."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
