@@ -37,6 +37,12 @@ def _box(values: Any) -> pb.BoundingBox:
     return pb.BoundingBox(x_min=x1, y_min=y1, x_max=x2, y_max=y2)
 
 
+def _box_fields(values: Any) -> dict[str, float]:
+    """A box as a JSON object for Milvus (Milvus 2.3 JSON fields must be objects)."""
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return {"x_min": x1, "y_min": y1, "x_max": x2, "y_max": y2}
+
+
 def _region(box: pb.BoundingBox, what: str) -> tuple[float, float, float, float]:
     coords = (box.x_min, box.y_min, box.x_max, box.y_max)
     if not all(math.isfinite(c) for c in coords):
@@ -175,7 +181,8 @@ class Engine:
             product = pb.Product(product_id=f["product_id"], category=f["category"], price=f["price"],
                                  title=f["title"], attributes={k: str(v) for k, v in (f["attributes"] or {}).items()})
             matches.append(pb.Match(product_id=f["product_id"], image_id=f["image_id"],
-                                    similarity=hit.similarity, product=product, catalog_box=_box(f["box"])))
+                                    similarity=hit.similarity, product=product,
+                                    catalog_box=pb.BoundingBox(**f["box"])))
         return matches
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest,
@@ -270,7 +277,7 @@ class Engine:
             counts[image.image_id] = len(embeddings)
             for k, (vector, box, label) in enumerate(zip(embeddings, boxes, labels, strict=True)):
                 rows.append({"pk": row_key(pid, image.image_id, k), "product_id": pid, "image_id": image.image_id,
-                             "label": label[:64], "box": [float(v) for v in box], "vector": vector.tolist(),
+                             "label": label[:64], "box": _box_fields(box), "vector": vector.tolist(),
                              **attributes})
         failed = [img.image_id for img, out in zip(req.images, outcomes, strict=True) if isinstance(out, Exception)]
         if rows:  # nothing stored changes when every image of the product failed
