@@ -124,7 +124,52 @@ class MilvusServer:
             os.killpg(self.wrapper.pid, signal.SIGKILL)
             self.wrapper.wait()
 
+    def pause(self) -> None:
+        """Freeze the server (a hung or partitioned Milvus): calls to it time out."""
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGCONT)
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree("/tmp/milvus", ignore_errors=True)
+
+
+class MilvusLiteServer:
+    """Milvus Lite's own gRPC server (``milvus-lite server``), reached over http:// like a cluster."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> MilvusLiteServer:
+        from pymilvus import MilvusClient
+
+        exe = Path(sys.executable).with_name("milvus-lite")
+        self.process = subprocess.Popen(
+            [str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=open(self.data_dir.with_suffix(".log"), "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                MilvusClient(self.uri, timeout=2).list_collections()
+                return self
+            except Exception:
+                time.sleep(0.3)
+        raise TimeoutError("milvus-lite server did not start")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: SIGINT can wait minutes for index builds
+            self.process.wait(60)
