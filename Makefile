@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models repository test test-fast lint run stop triton clean
+.PHONY: venv proto models test test-fast lint run stop triton clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/serve.txt
@@ -42,3 +42,9 @@ lint: venv
 
 clean:
 	rm -rf $(BUILD)
+
+run: venv proto models
+	$(PY) -m services.demo
+
+stop: venv
+	$(PY) -m services.demo --stop

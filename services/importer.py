@@ -1,0 +1,235 @@
+"""Catalog importer: a folder of images or a CSV/JSONL manifest -> the ImportProducts API.
+
+    python -m services.importer --address 127.0.0.1:50051 --folder photos/ [--category shoes]
+    python -m services.importer --address 127.0.0.1:50051 --manifest catalog.jsonl
+
+Folder: every sub-folder is a product (its name is the product id, each image file an image
+whose id is the file name without extension); image files directly in the folder are
+products with one image ("main").
+
+Manifest (CSV with a header, or JSON Lines), one row per image; rows sharing a product_id
+form one product:  product_id, image_path (relative to the manifest), image_id (default:
+file stem), category, price, title, attributes (a JSON object; in CSV also ``attr.<key>``
+columns), mode (detect | whole_image).
+
+Re-runs are safe: the API is idempotent by product and image id. Products go in chunks
+(one streaming call each); a chunk that meets UNAVAILABLE or RESOURCE_EXHAUSTED is retried
+with backoff. Exit code 0 when every image was imported, 1 when some failed, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from services.api import pb, pb_grpc
+
+log = logging.getLogger("services.importer")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+MODES = {"detect": pb.EMBED_MODE_DETECT, "whole_image": pb.EMBED_MODE_WHOLE_IMAGE}
+
+
+class ManifestError(ValueError):
+    """A manifest row cannot be turned into a product; the message names the row."""
+
+
+@dataclass
+class ProductSpec:
+    product_id: str
+    images: list[tuple[str, Path, int]] = field(default_factory=list)  # (image id, path, mode)
+    category: str = ""
+    price: float = 0.0
+    title: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    products_imported: int = 0
+    images_ok: int = 0
+    vectors: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (product, image, reason)
+
+    @property
+    def images_failed(self) -> int:
+        return len(self.failures)
+
+
+def from_folder(folder: Path, category: str = "") -> list[ProductSpec]:
+    products: list[ProductSpec] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            images = [(p.stem, p, pb.EMBED_MODE_DETECT) for p in sorted(entry.iterdir())
+                      if p.suffix.lower() in IMAGE_SUFFIXES]
+            if images:
+                products.append(ProductSpec(entry.name, images, category=category))
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            products.append(ProductSpec(entry.stem, [("main", entry, pb.EMBED_MODE_DETECT)], category=category))
+    return products
+
+
+def _rows(manifest: Path) -> Iterator[tuple[int, dict]]:
+    if manifest.suffix.lower() == ".jsonl":
+        for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ManifestError(f"{manifest}:{number}: not valid JSON: {exc}") from None
+    elif manifest.suffix.lower() == ".csv":
+        with open(manifest, newline="") as fh:
+            for number, row in enumerate(csv.DictReader(fh), start=2):
+                yield number, row
+    else:
+        raise ManifestError(f"{manifest}: manifest must end in .csv or .jsonl")
+
+
+def from_manifest(manifest: Path) -> list[ProductSpec]:
+    products: dict[str, ProductSpec] = {}
+    for number, row in _rows(manifest):
+        where = f"{manifest}:{number}"
+        pid, path = str(row.get("product_id") or "").strip(), str(row.get("image_path") or "").strip()
+        if not pid or not path:
+            raise ManifestError(f"{where}: product_id and image_path are required")
+        attributes = row.get("attributes") or {}
+        if isinstance(attributes, str):
+            try:
+                attributes = json.loads(attributes) if attributes.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{where}: attributes is not a JSON object: {exc}") from None
+        if not isinstance(attributes, dict):
+            raise ManifestError(f"{where}: attributes must be a JSON object")
+        attributes = {**{k[5:]: v for k, v in row.items() if k.startswith("attr.") and v}, **attributes}
+        try:
+            price = float(row.get("price") or 0)
+        except ValueError:
+            raise ManifestError(f"{where}: price {row.get('price')!r} is not a number") from None
+        mode = str(row.get("mode") or "detect")
+        if mode not in MODES:
+            raise ManifestError(f"{where}: mode must be one of {sorted(MODES)}")
+        spec = products.setdefault(pid, ProductSpec(pid))
+        spec.category = str(row.get("category") or spec.category)
+        spec.price = price or spec.price
+        spec.title = str(row.get("title") or spec.title)
+        spec.attributes.update({str(k): str(v) for k, v in attributes.items()})
+        image_path = (manifest.parent / path).resolve()
+        spec.images.append((str(row.get("image_id") or Path(path).stem), image_path, MODES[mode]))
+    return list(products.values())
+
+
+class Importer:
+    def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600) -> None:
+        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        self.channel = grpc.insecure_channel(address, options=options)
+        self.stub = pb_grpc.CatalogStub(self.channel)
+        self.chunk, self.retries, self.timeout_s = chunk, retries, timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _request(self, spec: ProductSpec, summary: Summary) -> pb.ImportProductsRequest | None:
+        images = []
+        for image_id, path, mode in spec.images:
+            try:
+                images.append(pb.ProductImage(image_id=image_id, content=path.read_bytes(), mode=mode))
+            except OSError as exc:
+                summary.failures.append((spec.product_id, image_id, f"cannot read file: {path}: {exc.strerror}"))
+        if not images:
+            return None
+        return pb.ImportProductsRequest(
+            product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
+                               title=spec.title, attributes=spec.attributes), images=images)
+
+    def _send(self, requests: list[pb.ImportProductsRequest]) -> pb.ImportProductsResponse:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.stub.ImportProducts(iter(requests), timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                delay = min(30.0, 2.0 ** attempt)
+                log.warning("import chunk failed (%s: %s); retrying in %.0fs", exc.code().name, exc.details(), delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def run(self, products: list[ProductSpec], progress: bool = True) -> Summary:
+        summary = Summary()
+        bar = tqdm(total=sum(len(p.images) for p in products), unit="img", disable=not progress, file=sys.stderr)
+        for start in range(0, len(products), self.chunk):
+            chunk = products[start:start + self.chunk]
+            requests = [r for r in (self._request(spec, summary) for spec in chunk) if r is not None]
+            if requests:
+                response = self._send(requests)
+                summary.products_imported += response.products_imported
+                summary.vectors += response.vectors_written
+                for item in response.items:
+                    if item.status.code == 0:
+                        summary.images_ok += 1
+                    else:
+                        summary.failures.append((item.product_id, item.image_id, item.status.message))
+            bar.update(sum(len(p.images) for p in chunk))
+            bar.set_postfix(failed=summary.images_failed)
+        bar.close()
+        return summary
+
+
+def print_summary(summary: Summary, out=None) -> None:  # noqa: ANN001 - a text stream, stdout by default
+    out = out or sys.stdout
+    print(f"imported {summary.products_imported} products, {summary.images_ok} images, "
+          f"{summary.vectors} vectors; {summary.images_failed} images failed", file=out)
+    if summary.failures:
+        reasons = Counter(reason.split(":")[0] for _, _, reason in summary.failures)
+        print("failures by reason:", file=out)
+        for reason, count in reasons.most_common():
+            print(f"  {count:6d}  {reason}", file=out)
+        print("failed images (first 20):", file=out)
+        for pid, image_id, reason in summary.failures[:20]:
+            print(f"  {pid}/{image_id}: {reason}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default="127.0.0.1:50051", help="search service host:port")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", type=Path)
+    source.add_argument("--manifest", type=Path)
+    parser.add_argument("--category", default="", help="category for --folder imports")
+    parser.add_argument("--chunk", type=int, default=32, help="products per streaming call")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        products = from_folder(args.folder, args.category) if args.folder else from_manifest(args.manifest)
+    except (ManifestError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not products:
+        print("error: nothing to import", file=sys.stderr)
+        return 2
+    importer = Importer(args.address, chunk=args.chunk)
+    try:
+        summary = importer.run(products, progress=not args.no_progress)
+    except grpc.RpcError as exc:
+        print(f"error: import stopped: {exc.code().name}: {exc.details()} (safe to re-run)", file=sys.stderr)
+        return 1
+    finally:
+        importer.close()
+    print_summary(summary)
+    return 0 if not summary.failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
