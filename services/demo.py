@@ -57,12 +57,13 @@ def start_search_service(triton_url: str) -> None:
                                start_new_session=True)
     SEARCH_PID.write_text(str(process.pid))
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(ADDRESS))
+    serving = health_pb2.HealthCheckResponse.SERVING
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"search service exited; see {RUN / 'search.log'}")
         try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == serving:
                 return
         except grpc.RpcError:
             pass
