@@ -42,8 +42,11 @@ class InferenceClient:
     def __init__(self, url: str, max_message_bytes: int, default_timeout_s: float) -> None:
         self.url = url
         self.default_timeout_s = default_timeout_s
+        # round_robin: with a dns:/// target over a headless Service, each call goes to the
+        # next Triton pod instead of pinning one HTTP/2 connection to one pod.
         channel_args = [("grpc.max_send_message_length", max_message_bytes),
-                        ("grpc.max_receive_message_length", max_message_bytes)]
+                        ("grpc.max_receive_message_length", max_message_bytes),
+                        ("grpc.lb_policy_name", "round_robin")]
         self._client = triton_aio.InferenceServerClient(url, channel_args=channel_args)
         self._probe_image = tiny_png()
 

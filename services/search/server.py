@@ -30,6 +30,9 @@ from services.search.inference import InferenceClient
 log = logging.getLogger("services.search.server")
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("VisualSearch", "Catalog")]
+# Health "service" that is SERVING while the process runs (Kubernetes liveness); "" and the
+# API services follow the dependencies (readiness).
+LIVENESS_SERVICE = "liveness"
 
 
 class Admission:
@@ -182,6 +185,7 @@ class SearchServer:
                 await self.check_dependencies()
 
     async def start(self) -> None:
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_health(False)
         await self.server.start()
         log.info("listening", extra={"address": self.settings.listen, "port": self.port,
