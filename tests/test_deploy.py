@@ -91,7 +91,8 @@ def test_image_tags_are_pinned(objects):
 
 
 def test_every_deployment_has_a_pdb_an_hpa_and_spreads_over_nodes_and_zones(objects):
-    pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for p in by_kind(objects, "PodDisruptionBudget")}
+    pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+            for p in by_kind(objects, "PodDisruptionBudget")}
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(objects, "HorizontalPodAutoscaler")}
     for deployment in by_kind(objects, "Deployment"):
         name = deployment["metadata"]["name"]
