@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models test test-fast lint run stop triton clean
+.PHONY: venv proto models test test-fast lint run stop triton clean loadtest loadtest-payload bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/serve.txt
@@ -48,3 +48,13 @@ run: venv proto models
 
 stop: venv
 	$(PY) -m services.demo --stop
+
+LOADTEST_ARGS ?= --start-stack $(BUILD)/loadtest/stack --concurrency 4 --duration 30s
+loadtest-payload: venv proto
+	$(PY) -m services.loadtest --write-payload $(BUILD)/loadtest/search_request.bin
+
+loadtest: venv proto models
+	$(PY) -m services.loadtest $(LOADTEST_ARGS) --json $(BUILD)/loadtest/report.json --plots $(BUILD)/loadtest
+
+bench: venv proto models
+	$(PY) -m services.bench

@@ -13,17 +13,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api import pb, pb_grpc
 from services.demo_catalog import CATALOG
 from services.importer import Importer, from_manifest, print_summary
 from services.paths import BUILD, ROOT
 from services.sample_photos import encode, load_photos, reshoot, side_by_side
+from services.stack import start_search_service
 
 RUN = BUILD / "run"
 DATA = ROOT / "data"
@@ -48,27 +47,10 @@ def write_demo_catalog(folder: Path) -> Path:
     return manifest
 
 
-def start_search_service(triton_url: str) -> None:
-    RUN.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VS_TRITON_URL": triton_url, "VS_LISTEN": ADDRESS,
-           "VS_MILVUS_URI": os.environ.get("VS_MILVUS_URI", str(DATA / "demo-catalog.db"))}
-    process = subprocess.Popen([sys.executable, "-m", "services.search.server"], cwd=ROOT, env=env,
-                               stdout=open(RUN / "search.log", "ab"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+def start_demo_service(triton_url: str) -> None:
+    process = start_search_service(ADDRESS, triton_url, os.environ.get("VS_MILVUS_URI", str(DATA / "demo-catalog.db")),
+                                   RUN / "search.log", detach=True)
     SEARCH_PID.write_text(str(process.pid))
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(ADDRESS))
-    serving = health_pb2.HealthCheckResponse.SERVING
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"search service exited; see {RUN / 'search.log'}")
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == serving:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"search service never became SERVING; see {RUN / 'search.log'}")
 
 
 def print_response(title: str, response: pb.SearchByImageResponse) -> None:
@@ -123,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting Triton (CPU model repository)...", flush=True)
     subprocess.run([sys.executable, "-m", "services.triton.launcher", "start"], cwd=ROOT, check=True)
     print("starting the search service (Milvus Lite)...", flush=True)
-    start_search_service(f"127.0.0.1:{grpc_port}")
+    start_demo_service(f"127.0.0.1:{grpc_port}")
     print("importing the demo catalog...", flush=True)
     manifest = write_demo_catalog(DATA / "demo-photos")
     importer = Importer(ADDRESS)
