@@ -150,12 +150,14 @@ def plot(report: Report, out_dir: Path, title: str) -> list[Path]:
 
 
 def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float) -> Callable[[], Awaitable[None]]:
-    channel = grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
-                                                          ("grpc.max_receive_message_length", 64 << 20)])
-    stub = pb_grpc.VisualSearchStub(channel)
+    stubs: list[pb_grpc.VisualSearchStub] = []
 
     async def call() -> None:
-        await stub.SearchByImage(request, timeout=timeout_s)
+        if not stubs:  # an aio channel belongs to the loop that creates it: create it in the run's loop
+            channel = grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
+                                                                  ("grpc.max_receive_message_length", 64 << 20)])
+            stubs.append(pb_grpc.VisualSearchStub(channel))
+        await stubs[0].SearchByImage(request, timeout=timeout_s)
 
     return call
 
