@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from services.sample_photos import load_photos
+from services.stack import free_port
 from services.triton.launcher import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
 CPU_REPOSITORY = BUILD / "model_repository" / "cpu"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["BUILD", "CPU_REPOSITORY", "ROOT", "free_port"]
 
 
 @pytest.fixture(scope="session")

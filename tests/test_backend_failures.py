@@ -15,10 +15,11 @@ from grpc_health.v1 import health_pb2
 
 from services.api import pb
 from services.demo_catalog import import_requests
+from services.milvus_servers import MilvusLiteServer, MilvusServer
 from services.sample_photos import encode, reshoot
 from services.triton.launcher import TritonServer
 from tests.conftest import CPU_REPOSITORY, free_port
-from tests.service_helpers import MilvusLiteServer, MilvusServer, ServiceProcess
+from tests.service_helpers import ServiceProcess
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 def test_defaults_are_valid():
     settings = Settings.from_env({})
-    assert settings.milvus_uri == "./data/catalog.db" and settings.consistency_level == "Strong"
+    assert settings.milvus_uri == "./data/catalog.db" and settings.consistency_level == "Bounded"
     assert settings.effective_index_params == {"M": 16, "efConstruction": 200}
 
 

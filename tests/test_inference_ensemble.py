@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -13,8 +11,8 @@ from tritonclient.utils import InferenceServerException
 
 from services.models.local_pipeline import LocalPipeline
 from services.sample_photos import encode
-from services.triton.launcher import probe_inference
-from tests.conftest import BUILD
+from services.triton.launcher import TritonServer, probe_inference
+from tests.conftest import BUILD, CPU_REPOSITORY, free_port
 from tests.triton_helpers import detect_and_embed, embed_region, iou
 
 
@@ -86,7 +84,7 @@ def test_left_motorcycle_is_nearest_to_the_right_motorcycle(results):
 
 
 def test_ensemble_equals_in_process_onnxruntime(results, photos):
-    local = LocalPipeline(BUILD / "models")
+    local = LocalPipeline.from_models_dir(BUILD / "models")
     for name in ("coffee", "motorcycle_left", "rocket"):
         expected = local.detect_and_embed(encode(photos[name].pixels))
         got = results[name]
@@ -149,16 +147,17 @@ def test_concurrent_requests_are_batched_by_the_composing_models(client, photos,
         assert exe1 - exe0 < inf1 - inf0, f"{model}: no request was ever batched"
 
 
-def test_killed_python_stub_is_detected_and_recovered(triton, photos):
-    import subprocess
+def test_killed_python_stub_is_detected_and_recovered(tmp_path):
+    import psutil
 
-    out = subprocess.run(["pgrep", "-f", "triton_python_backend_stub.*postprocess"],
-                         capture_output=True, text=True).stdout.split()
-    stubs = [int(pid) for pid in out if int(pid) != os.getpid()]
-    assert stubs, "no postprocess stub process found"
-    for pid in stubs:
-        os.kill(pid, signal.SIGKILL)
-    with pytest.raises(InferenceServerException, match="[Ss]tub"):
-        probe_inference(triton.grpc_url, timeout_s=30)
-    assert "postprocess" in triton.recover_stubs()
-    probe_inference(triton.grpc_url, timeout_s=60)
+    # its own server: a failed recovery must not break the other tests' Triton
+    with TritonServer(CPU_REPOSITORY, free_port(), free_port(), free_port(), log_path=tmp_path / "t.log") as server:
+        stubs = [p for p in psutil.Process(server.process.pid).children(recursive=True)
+                 if "triton_python_backend_stub" in " ".join(p.cmdline()) and "postprocess" in " ".join(p.cmdline())]
+        assert stubs, "no postprocess stub process found"
+        for stub in stubs:
+            stub.kill()
+        with pytest.raises(InferenceServerException, match="[Ss]tub"):
+            probe_inference(server.grpc_url, timeout_s=30)
+        assert server.recover_stubs() == ["postprocess"]
+        probe_inference(server.grpc_url, timeout_s=60)

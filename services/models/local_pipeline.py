@@ -43,19 +43,25 @@ class PipelineResult:
 class LocalPipeline:
     """decode -> letterbox -> YOLO -> NMS/crop -> embedder, in this process."""
 
-    def __init__(self, models_dir: Path, settings: PipelineSettings | None = None, threads: int = 0) -> None:
+    def __init__(self, detector_dir: Path, embedder_dir: Path, settings: PipelineSettings | None = None,
+                 threads: int = 0) -> None:
         self.settings = settings or PipelineSettings()
-        self.detector_manifest = mf.load(Path(models_dir) / "detector")
-        self.embedder_manifest = mf.load(Path(models_dir) / "embedder")
+        self.detector_manifest = mf.load(Path(detector_dir))
+        self.embedder_manifest = mf.load(Path(embedder_dir))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.detector = ort.InferenceSession(str(Path(models_dir) / "detector" / mf.MODEL_NAME), options,
+        self.detector = ort.InferenceSession(str(Path(detector_dir) / mf.MODEL_NAME), options,
                                              providers=["CPUExecutionProvider"])
-        self.embedder = ort.InferenceSession(str(Path(models_dir) / "embedder" / mf.MODEL_NAME), options,
+        self.embedder = ort.InferenceSession(str(Path(embedder_dir) / mf.MODEL_NAME), options,
                                              providers=["CPUExecutionProvider"])
         self.classes = self.detector_manifest["classes"]
         self.size = self.detector_manifest["serving"]["input"]["shape"][1]
         self.crop_size = self.embedder_manifest["serving"]["input"]["shape"][1]
+
+    @classmethod
+    def from_models_dir(cls, models_dir: Path, **kwargs: object) -> LocalPipeline:
+        """The installed pair: ``models_dir/detector`` and ``models_dir/embedder``."""
+        return cls(Path(models_dir) / "detector", Path(models_dir) / "embedder", **kwargs)
 
     def detect(self, data: bytes):  # -> vs_imaging.Detections  # noqa: ANN201
         s = self.settings

@@ -57,9 +57,12 @@ class Settings:
                                   _json_object)
     search_params: dict = _setting("VS_SEARCH_PARAMS", None, "search parameters (JSON); default per type",
                                    _json_object)
-    consistency_level: str = _setting("VS_CONSISTENCY_LEVEL", "Strong",
-                                      "Milvus consistency; Strong makes an import searchable when it returns",
+    consistency_level: str = _setting("VS_CONSISTENCY_LEVEL", "Bounded",
+                                      "Milvus consistency of searches; writes wait until visible at this level",
                                       choices=CONSISTENCY_LEVELS)
+    write_visibility_timeout_s: float = _setting("VS_WRITE_VISIBILITY_TIMEOUT_S", 30.0,
+                                                 "how long an import/delete waits for its writes to be searchable",
+                                                 float, _positive)
     max_image_bytes: int = _setting("VS_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest accepted image", int,
                                     _positive)
     max_message_bytes: int = _setting("VS_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,

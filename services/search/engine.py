@@ -247,7 +247,8 @@ class Engine:
         return embeddings, boxes, [label]
 
     async def _import_one(self, req: pb.ImportProductsRequest, limiter: asyncio.Semaphore,
-                          remaining: Callable[[], float | None]) -> list[pb.ImportItemStatus]:
+                          remaining: Callable[[], float | None], written: dict[str, set[str]]
+                          ) -> list[pb.ImportItemStatus]:
         pid = req.product.product_id
 
         def status(image_id: str, exc: Exception | None, vectors: int = 0) -> pb.ImportItemStatus:
@@ -284,8 +285,9 @@ class Engine:
             try:
                 store = self._store()
                 async with self._write_lock:
-                    await self._timed(metrics.MILVUS_SECONDS.labels("upsert"),
-                                      asyncio.to_thread(store.replace_product, pid, rows, failed, attributes), None)
+                    written[pid] = await self._timed(
+                        metrics.MILVUS_SECONDS.labels("upsert"),
+                        asyncio.to_thread(store.replace_product, pid, rows, failed, attributes), None)
             except ServiceError as exc:
                 return [status(img.image_id, exc) for img in req.images]
         return [status(img.image_id, out if isinstance(out, Exception) else None, counts.get(img.image_id, 0))
@@ -293,11 +295,12 @@ class Engine:
 
     async def import_products(self, requests: AsyncIterator[pb.ImportProductsRequest],
                               remaining: Callable[[], float | None]) -> pb.ImportProductsResponse:
-        self._store()
+        store = self._store()
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
         tasks: list[asyncio.Task] = []
+        written: dict[str, set[str]] = {}  # product id -> the row keys it has after this call
         async for req in requests:
-            tasks.append(asyncio.create_task(self._import_one(req, limiter, remaining)))
+            tasks.append(asyncio.create_task(self._import_one(req, limiter, remaining, written)))
             # Backpressure: read further products only while few are being embedded.
             while sum(not t.done() for t in tasks) >= 2 * self.settings.import_concurrency:
                 await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
@@ -308,6 +311,8 @@ class Engine:
             response.products_imported += 1 if ok else 0
             response.vectors_written += sum(s.vectors for s in ok)
             response.images_failed += len(statuses) - len(ok)
+        await self._timed(metrics.MILVUS_SECONDS.labels("wait_visible"),
+                          asyncio.to_thread(store.wait_visible, written), None)
         down = [s for s in response.items if s.status.code == BackendUnavailable.code.value[0]]
         if down:
             raise BackendUnavailable(
@@ -323,6 +328,8 @@ class Engine:
         async with self._write_lock:
             deleted = await self._timed(metrics.MILVUS_SECONDS.labels("delete"),
                                         asyncio.to_thread(store.delete_products, ids), None)
+        await self._timed(metrics.MILVUS_SECONDS.labels("wait_visible"),
+                          asyncio.to_thread(store.wait_visible, {pid: set() for pid in ids}), None)
         return pb.DeleteProductsResponse(vectors_deleted=deleted)
 
     async def stats(self) -> pb.CatalogStats:

@@ -36,6 +36,7 @@ log = logging.getLogger("services.triton.launcher")
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "vs-triton-"
 PROBE_MODEL = "detect_and_embed"
+STUB_FAILURE = re.compile(r"Stub process '(\w+?)_\d+_\d+' is not healthy")
 
 
 class TritonStartError(RuntimeError):
@@ -201,23 +202,31 @@ class TritonServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def recover_stubs(self) -> list[str]:
-        """Reload every model whose Python stub died (ready, yet every request fails)."""
+        """Reload the models whose Python stub died (such a model reports ready while every
+        request fails). Returns the reloaded models; [] when a real inference works."""
         import tritonclient.grpc as grpcclient
 
-        client = grpcclient.InferenceServerClient(self.grpc_url)
-        reloaded = []
         try:
-            try:
-                probe_inference(self.grpc_url, timeout_s=60)
-                return []
-            except Exception as exc:
-                log.warning("probe inference failed (%s); reloading models", exc)
-            for entry in client.get_model_repository_index().models:
-                client.load_model(entry.name)
-                reloaded.append(entry.name)
+            probe_inference(self.grpc_url, timeout_s=60)
+            return []
+        except Exception as exc:
+            message = str(exc)
+        log.warning("probe inference failed (%s); reloading models", message)
+        broken = set(STUB_FAILURE.findall(message))
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            names = [entry.name for entry in client.get_model_repository_index().models]
+            # load_model on a loaded, unchanged model is a no-op: unload first to restart its stub
+            targets = [n for n in names if n in broken] or names
+            for name in targets:
+                client.unload_model(name)
+            for name in targets:
+                client.load_model(name)
         finally:
             client.close()
-        return reloaded
+        probe_inference(self.grpc_url, timeout_s=60)
+        log.info("recovered: reloaded %s", targets)
+        return targets
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process and self.process.poll() is None:
