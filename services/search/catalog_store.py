@@ -214,6 +214,14 @@ class CatalogStore:
         self._call("delete", "delete", self.collection, filter=expression)
         return before
 
+    def seal(self) -> None:
+        """After an import call on Milvus Lite: move the rows from its memtable into indexed
+        segments (Lite searches unsealed memtable rows one by one in Python, which grows slow
+        with the catalog). A server seals on its own; flushing it after every call would only
+        make small segments."""
+        if not self.is_server:
+            self._call("flush", "flush", self.collection)
+
     def wait_visible(self, expected: dict[str, set[str]]) -> None:
         """Block until searches at the configured consistency level see exactly ``expected``
         (product id -> its row keys; empty = deleted). Searches then run at that cheaper level

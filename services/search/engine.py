@@ -311,6 +311,9 @@ class Engine:
             response.products_imported += 1 if ok else 0
             response.vectors_written += sum(s.vectors for s in ok)
             response.images_failed += len(statuses) - len(ok)
+        if written:
+            async with self._write_lock:
+                await self._timed(metrics.MILVUS_SECONDS.labels("flush"), asyncio.to_thread(store.seal), None)
         await self._timed(metrics.MILVUS_SECONDS.labels("wait_visible"),
                           asyncio.to_thread(store.wait_visible, written), None)
         down = [s for s in response.items if s.status.code == BackendUnavailable.code.value[0]]
