@@ -62,13 +62,15 @@ def reshoot(photo: Photo, background: np.ndarray, seed: int, object_fraction: fl
     return reshoot_with_box(photo, background, seed, object_fraction)[0]
 
 
-def reshoot_with_box(photo: Photo, background: np.ndarray, seed: int, object_fraction: float = 0.55
-                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def reshoot_with_box(photo: Photo, background: np.ndarray, seed: int, object_fraction: float = 0.55,
+                     strength: float = 1.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """``reshoot`` plus where the object landed (x1, y1, x2, y2) in the new photo.
 
-    Transformations (seeded): crop margin 0-8 %, rotation +-8 degrees, brightness 0.75-1.25,
-    contrast 0.8-1.2, Gaussian blur sigma 0-1.2, object scaled to ~47-60 % of the background's
-    shorter fitting side, pasted at a random position."""
+    Transformations (seeded), at strength 1: crop margin 0-8 %, rotation +-8 degrees,
+    brightness 0.75-1.25, contrast 0.8-1.2, Gaussian blur sigma 0-1.2, object scaled to
+    ~47-60 % of the background's shorter fitting side, pasted at a random position. A higher
+    ``strength`` widens the rotation, lighting and blur ranges by that factor and shrinks the
+    object by it."""
     if photo.box is None:
         raise ValueError(f"{photo.name} has no labelled object to re-shoot")
     rng = np.random.default_rng(seed)
@@ -77,14 +79,15 @@ def reshoot_with_box(photo: Photo, background: np.ndarray, seed: int, object_fra
     margin = rng.uniform(0.0, 0.08)
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     crop = Image.fromarray(photo.pixels).crop((max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my)))
-    crop = crop.rotate(float(rng.uniform(-8, 8)), resample=Image.Resampling.BILINEAR, expand=True,
+    k = strength
+    crop = crop.rotate(float(rng.uniform(-8 * k, 8 * k)), resample=Image.Resampling.BILINEAR, expand=True,
                        fillcolor=tuple(int(v) for v in background.reshape(-1, 3).mean(0)))
-    crop = ImageEnhance.Brightness(crop).enhance(float(rng.uniform(0.75, 1.25)))
-    crop = ImageEnhance.Contrast(crop).enhance(float(rng.uniform(0.8, 1.2)))
-    crop = crop.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.2))))
+    crop = ImageEnhance.Brightness(crop).enhance(float(rng.uniform(1 - 0.25 * k, 1 + 0.25 * k)))
+    crop = ImageEnhance.Contrast(crop).enhance(float(rng.uniform(1 - 0.2 * k, 1 + 0.2 * k)))
+    crop = crop.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.2 * k))))
     canvas = Image.fromarray(background).copy()
     bw, bh = canvas.size
-    scale = object_fraction * min(bw / crop.width, bh / crop.height) * float(rng.uniform(0.85, 1.1))
+    scale = object_fraction / k * min(bw / crop.width, bh / crop.height) * float(rng.uniform(0.85, 1.1))
     crop = crop.resize((max(8, int(crop.width * scale)), max(8, int(crop.height * scale))), Image.Resampling.BILINEAR)
     left = int(rng.uniform(0, max(1, bw - crop.width)))
     top = int(rng.uniform(0, max(1, bh - crop.height)))
@@ -93,15 +96,13 @@ def reshoot_with_box(photo: Photo, background: np.ndarray, seed: int, object_fra
 
 
 def distractor_sources() -> dict[str, np.ndarray]:
-    """Every colour photo that ships with scikit-image, for distractor catalog items."""
+    """Photos that ship with scikit-image and show none of the demo catalog's objects, for
+    distractor catalog items (grey ones as RGB)."""
     from skimage import data
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-             "colorwheel", "logo"]
-    sources = {name: _rgb(getattr(data, name)()) for name in names}
-    left, right, _ = data.stereo_motorcycle()
-    sources.update(motorcycle_left=_rgb(left), motorcycle_right=_rgb(right))
-    return sources
+    names = ["hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "logo", "camera", "moon",
+             "grass", "gravel", "brick", "page", "text", "cell"]
+    return {name: _rgb(getattr(data, name)()) for name in names}
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray, height: int = 480) -> np.ndarray:

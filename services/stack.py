@@ -72,10 +72,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(work_dir: Path, **service_env: str) -> Iterator[Stack]:
-    """Triton (CPU repository) and the search service on free ports, Milvus Lite in ``work_dir``."""
+def local_stack(work_dir: Path, repository: Path | None = None, **service_env: str) -> Iterator[Stack]:
+    """Triton (the CPU repository unless given) and the search service on free ports, Milvus
+    Lite in ``work_dir``."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    triton = TritonServer(BUILD / "model_repository" / "cpu", free_port(), free_port(), free_port(),
+    triton = TritonServer(repository or BUILD / "model_repository" / "cpu", free_port(), free_port(), free_port(),
                           log_path=work_dir / "triton.log").start()
     try:
         address = f"127.0.0.1:{free_port()}"

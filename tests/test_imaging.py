@@ -69,9 +69,9 @@ def test_large_photos_are_downscaled_for_work_but_keep_original_geometry():
 def test_letterbox_maps_boxes_back_exactly():
     pixels = np.zeros((400, 600, 3), np.uint8)
     tensor, ratio, pad_x, pad_y = vs_imaging.letterbox(pixels, 672)
-    assert tensor.shape == (3, 672, 672) and tensor.dtype == np.float32
+    assert tensor.shape == (3, 672, 672) and tensor.dtype == np.uint8
     assert ratio == pytest.approx(672 / 600) and pad_x == 0 and pad_y == pytest.approx(112, abs=1)
-    assert tensor[:, 0, 0] == pytest.approx(114 / 255)  # padding is Ultralytics grey
+    assert tensor[:, 0, 0].tolist() == [114, 114, 114]  # padding is Ultralytics grey
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():

@@ -53,6 +53,15 @@ def test_gpu_configs_use_tensorrt_fp16_with_an_engine_cache_and_warmup():
         assert cfg.model_warmup, name
 
 
+def test_images_travel_between_steps_as_uint8():
+    cfgs = configs("gpu")
+    assert cfgs["detector"].input[0].data_type == mc.TYPE_UINT8
+    assert cfgs["embedder"].input[0].data_type == mc.TYPE_UINT8
+    for name in ("detector", "embedder"):
+        model = onnx.load(str(REPO / "gpu" / name / "1" / "model.onnx"))
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
 def test_every_batching_model_has_dynamic_batching_and_room_for_all_crops():
     for variant in repository.VARIANTS:
         cfgs = configs(variant)

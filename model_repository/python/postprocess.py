@@ -17,7 +17,7 @@ import vs_imaging  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = vs_imaging.config_parameters(args)
         self.classes = json.loads(params["classes"])
         self.score_threshold = float(params["score_threshold"])
         self.iou_threshold = float(params["iou_threshold"])

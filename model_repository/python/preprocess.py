@@ -5,7 +5,6 @@ its own (images differ in size) and answered on its own, so one bad image fails 
 own request.
 """
 
-import json
 import os
 import sys
 
@@ -17,7 +16,7 @@ import vs_imaging  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = vs_imaging.config_parameters(args)
         self.size = int(params["detector_size"])
         self.max_pixels = int(params["max_pixels"])
         self.work_side = int(params["work_side"])

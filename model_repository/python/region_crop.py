@@ -4,7 +4,6 @@ REGION is x1, y1, x2, y2 in original-image pixels; all zeros means the whole ima
 catalog images are embedded without detection).
 """
 
-import json
 import os
 import sys
 
@@ -16,7 +15,7 @@ import vs_imaging  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = vs_imaging.config_parameters(args)
         self.max_pixels = int(params["max_pixels"])
         self.work_side = int(params["work_side"])
         self.crop_size = int(params["crop_size"])

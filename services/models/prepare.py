@@ -63,7 +63,9 @@ def prepare_detector(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    probe = session.run([out.name], {inp.name: np.zeros((1, 3, height, width), np.float32)})[0]
+    already_uint8 = inp.type.tensor_type.elem_type == TensorProto.UINT8  # e.g. a model served before
+    probe_dtype = np.uint8 if already_uint8 else np.float32
+    probe = session.run([out.name], {inp.name: np.zeros((1, 3, height, width), probe_dtype)})[0]
     if probe.ndim != 3 or probe.shape[1] != 4 + len(classes):
         raise mf.ManifestError(
             f"detector output {out.name} has shape {probe.shape}; expected [batch, 4+{len(classes)}, N] "
@@ -72,9 +74,27 @@ def prepare_detector(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     out_dims[0].dim_param = "batch"
     out_dims[1].dim_value = probe.shape[1]
     out_dims[2].dim_value = probe.shape[2]
-    inp.type.tensor_type.shape.dim[0].dim_param = "batch"
-    serving = {"input": {"name": inp.name, "shape": [3, height, width]},
+    # Serve uint8 pixels and scale to 0..1 inside the graph: 4x fewer bytes per image
+    # between Triton's steps (and over PCIe on GPU).
+    model = copy.deepcopy(model)
+    graph = model.graph
+    name = inp.name
+    serving = {"input": {"name": name, "shape": [3, height, width], "dtype": "uint8"},
                "output": {"name": out.name, "shape": [int(probe.shape[1]), int(probe.shape[2])]}}
+    if already_uint8:
+        _find_io(graph, name, "input").type.tensor_type.shape.dim[0].dim_param = "batch"
+        return model, {"classes": list(classes), "serving": serving}
+    prefix = _free_prefix(graph)
+    _rename_tensor(graph, name, prefix + "float_" + name)
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), prefix + "scale")
+    graph.initializer.append(scale)
+    nodes = [helper.make_node("Cast", [name], [prefix + "cast"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [prefix + "cast", prefix + "scale"], [prefix + "float_" + name]), *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    new_input = helper.make_tensor_value_info(name, TensorProto.UINT8, ["batch", 3, height, width])
+    graph.input.remove(next(vi for vi in graph.input if vi.name == prefix + "float_" + name))
+    graph.input.insert(0, new_input)
     return model, {"classes": list(classes), "serving": serving}
 
 
@@ -113,7 +133,8 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
                       else spec["name"], "input")
     nodes: list[onnx.NodeProto] = []
     inits: list[TensorProto] = []
-    current = EMBED_INPUT
+    nodes.append(helper.make_node("Cast", [EMBED_INPUT], [prefix + "float"], to=TensorProto.FLOAT))
+    current = prefix + "float"
     if color == "BGR":
         inits.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), prefix + "bgr"))
         nodes.append(helper.make_node("Gather", [current, prefix + "bgr"], [prefix + "bgr_out"], axis=1))
@@ -126,7 +147,10 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [current], [prefix + "nhwc"], perm=[0, 2, 3, 1]))
         current = prefix + "nhwc"
-    nodes.append(helper.make_node("Identity", [current], [raw_in.name]))
+    if raw_in.type.tensor_type.elem_type != TensorProto.FLOAT:  # a graph that takes integers itself
+        nodes.append(helper.make_node("Cast", [current], [raw_in.name], to=raw_in.type.tensor_type.elem_type))
+    else:
+        nodes.append(helper.make_node("Identity", [current], [raw_in.name]))
 
     tail = [
         helper.make_node("Flatten", [feature], [prefix + "flat"], axis=1),
@@ -140,7 +164,7 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     inits.append(numpy_helper.from_array(np.array([1], np.int64), prefix + "axes"))
 
     graph.input.remove(raw_in)
-    graph.input.insert(0, helper.make_tensor_value_info(EMBED_INPUT, TensorProto.FLOAT, ["batch", 3, size, size]))
+    graph.input.insert(0, helper.make_tensor_value_info(EMBED_INPUT, TensorProto.UINT8, ["batch", 3, size, size]))
     all_nodes = nodes + list(graph.node) + tail
     del graph.node[:]
     graph.node.extend(all_nodes)
@@ -153,11 +177,11 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    probe = session.run(None, {EMBED_INPUT: np.full((2, 3, size, size), 128, np.float32)})[0]
+    probe = session.run(None, {EMBED_INPUT: np.full((2, 3, size, size), 128, np.uint8)})[0]
     if probe.ndim != 2:
         raise mf.ManifestError(f"embedder feature {feature!r} flattens to shape {probe.shape}, expected [batch, dim]")
     graph.output[0].type.tensor_type.shape.dim[1].dim_value = probe.shape[1]
-    serving = {"input": {"name": EMBED_INPUT, "shape": [3, size, size]},
+    serving = {"input": {"name": EMBED_INPUT, "shape": [3, size, size], "dtype": "uint8"},
                "output": {"name": EMBED_OUTPUT, "shape": [int(probe.shape[1])]}}
     return model, {"serving": serving}
 
