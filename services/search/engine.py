@@ -96,6 +96,8 @@ class Engine:
             if remaining_s is None:
                 return await awaitable
             if remaining_s <= 0:
+                if asyncio.iscoroutine(awaitable):
+                    awaitable.close()  # never started: close it so it does not warn
                 raise DeadlineExceeded("deadline exceeded")
             try:
                 return await asyncio.wait_for(awaitable, remaining_s)
