@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models test test-fast lint run stop triton clean loadtest loadtest-payload bench
+.PHONY: venv proto models test lint run stop triton clean loadtest loadtest-payload bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/serve.txt
@@ -33,9 +33,6 @@ triton: models
 
 test: venv proto models
 	$(PY) -m pytest -q tests
-
-test-fast: venv proto
-	$(PY) -m pytest -q tests -m "not slow"
 
 lint: venv
 	$(PY) -m ruff check services tests model_repository

@@ -13,6 +13,11 @@ from services.paths import BUILD, ROOT
 GEN = BUILD / "gen"
 PROTO_DIR = ROOT / "proto"
 PROTOSET = BUILD / "visualsearch.protoset"
+# Client side of the raised message limits: gRPC's 4 MiB default breaks real photos
+# (the server accepts VS_MAX_MESSAGE_BYTES, 64 MiB by default).
+CLIENT_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", CLIENT_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", CLIENT_MESSAGE_BYTES)]
 
 
 def generate() -> None:
@@ -37,4 +42,4 @@ except ImportError:
     from visualsearch.v1 import visual_search_pb2 as pb
     from visualsearch.v1 import visual_search_pb2_grpc as pb_grpc
 
-__all__ = ["pb", "pb_grpc", "PROTOSET", "generate"]
+__all__ = ["CHANNEL_OPTIONS", "PROTOSET", "generate", "pb", "pb_grpc"]

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 
 from services import loadtest
-from services.api import pb
+from services.api import CHANNEL_OPTIONS, pb
 from services.demo_catalog import CATALOG, import_requests, product_for
 from services.milvus_servers import MilvusServer
 from services.models import repository
@@ -217,7 +217,7 @@ def bench_import(address: str, copies: int) -> dict:
             clone.product.product_id = f"{req.product.product_id}-bench{k}"
             requests.append(clone)
     images = sum(len(r.images) for r in requests)
-    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)]) as channel:
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.CatalogStub(channel)
         start = time.perf_counter()
         response = stub.ImportProducts(iter(requests), timeout=1800)

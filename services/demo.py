@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from services.api import pb, pb_grpc
+from services.api import CHANNEL_OPTIONS, pb, pb_grpc
 from services.demo_catalog import CATALOG
 from services.importer import Importer, from_manifest, print_summary
 from services.paths import BUILD, ROOT
@@ -66,8 +66,7 @@ def print_response(title: str, response: pb.SearchByImageResponse) -> None:
 
 def run_demo_searches() -> None:
     photos = load_photos()
-    stub = pb_grpc.VisualSearchStub(grpc.insecure_channel(ADDRESS, options=[
-        ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]))
+    stub = pb_grpc.VisualSearchStub(grpc.insecure_channel(ADDRESS, options=CHANNEL_OPTIONS))
     queries = [
         ("re-shot coffee cup on another background", encode(reshoot(photos["coffee"], photos["flower"].pixels, 7),
                                                              quality=70), None),

@@ -33,7 +33,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from services.api import pb, pb_grpc
+from services.api import CHANNEL_OPTIONS, pb, pb_grpc
 
 log = logging.getLogger("services.importer")
 
@@ -132,8 +132,7 @@ def from_manifest(manifest: Path) -> list[ProductSpec]:
 
 class Importer:
     def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600) -> None:
-        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.CatalogStub(self.channel)
         self.chunk, self.retries, self.timeout_s = chunk, retries, timeout_s
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from services.api import pb, pb_grpc
+from services.api import CHANNEL_OPTIONS, pb, pb_grpc
 
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
 
@@ -154,8 +154,7 @@ def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float
 
     async def call() -> None:
         if not stubs:  # an aio channel belongs to the loop that creates it: create it in the run's loop
-            channel = grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
-                                                                  ("grpc.max_receive_message_length", 64 << 20)])
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             stubs.append(pb_grpc.VisualSearchStub(channel))
         await stubs[0].SearchByImage(request, timeout=timeout_s)
 

@@ -20,8 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.paths import BUILD, ROOT
 from services.triton.launcher import TritonServer
 
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-
 
 def free_port() -> int:
     with socket.socket() as sock:

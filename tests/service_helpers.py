@@ -9,12 +9,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.api import pb, pb_grpc
+from services.api import CHANNEL_OPTIONS, pb, pb_grpc
 from services.stack import start_search_service, stop_process
 from tests.conftest import free_port
-
-MAX_MESSAGE = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
 
 
 class ServiceProcess:

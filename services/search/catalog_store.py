@@ -72,18 +72,15 @@ class CatalogStore:
                     self._create(client)
                 self._check_schema(client)
                 client.load_collection(self.collection, timeout=max(60.0, self.settings.milvus_timeout_s))
+            except SchemaMismatch:
+                raise
             except MilvusException as exc:
-                raise BackendUnavailable(f"Milvus at {self._where()} is unavailable: {exc.message}") from None
+                raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc.message}") from None
             except Exception as exc:  # grpc / connection errors from pymilvus internals
-                if isinstance(exc, SchemaMismatch):
-                    raise
-                raise BackendUnavailable(f"Milvus at {self._where()} is unavailable: {exc}") from None
+                raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc}") from None
             self._client = client
-            log.info("milvus ready", extra={"uri": self._where(), "collection": self.collection,
+            log.info("milvus ready", extra={"uri": uri, "collection": self.collection,
                                             "mode": self.mode})
-
-    def _where(self) -> str:
-        return self.settings.milvus_uri
 
     def disconnect(self) -> None:
         with self._lock:
@@ -132,7 +129,7 @@ class CatalogStore:
     def _call(self, what: str, fn: str, *args: Any, **kwargs: Any) -> Any:
         client = self._client
         if client is None:
-            raise BackendUnavailable(f"Milvus at {self._where()} is unavailable (reconnecting)")
+            raise BackendUnavailable(f"Milvus at {self.settings.milvus_uri} is unavailable (reconnecting)")
         kwargs.setdefault("timeout", self.settings.milvus_timeout_s)
         try:
             return getattr(client, fn)(*args, **kwargs)
