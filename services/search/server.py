@@ -59,7 +59,7 @@ def _remaining(context: grpc.aio.ServicerContext) -> Callable[[], float | None]:
 
 
 def handler(method: str) -> Callable:
-    """Admission control, error-to-status mapping, metrics and a log line for one RPC."""
+    """Admission control, error-to-status mapping, metrics, and a log line when an RPC fails."""
 
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
