@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,27 +250,19 @@ class TritonServer:
 
 
 def _supervise(server: TritonServer, interval_s: float) -> None:
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stopping = threading.Event()  # set from the signal handler; wakes the wait at once
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stopping.set())
     server.start()
-    while not stopping:
-        time.sleep(interval_s if not stopping else 0)
-        if stopping:
-            break
+    while not stopping.wait(interval_s):
         if server.process.poll() is not None:
             log.error("tritonserver died (exit %s); restarting", server.process.returncode)
             server.start()
-        else:
-            try:
-                server.recover_stubs()
-            except Exception as exc:
-                log.error("stub recovery failed: %s", exc)
+            continue
+        try:
+            server.recover_stubs()
+        except Exception as exc:
+            log.error("stub recovery failed: %s", exc)
     server.stop()
 
 
