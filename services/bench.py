@@ -42,7 +42,7 @@ from services.models import repository
 from services.models.local_pipeline import LocalPipeline, vs_imaging
 from services.models.repository import PipelineSettings
 from services.paths import BUILD, ROOT
-from services.sample_photos import distractor_sources, encode, load_photos, reshoot, reshoot_with_box
+from services.sample_photos import box_iou, distractor_sources, encode, load_photos, reshoot, reshoot_with_box
 from services.stack import local_stack
 
 log = logging.getLogger("services.bench")
@@ -354,14 +354,6 @@ def quality_set(queries_per_photo: int, distractors: int, strength: float) -> tu
     return catalog, queries, [c[1] for c in catalog]
 
 
-def _iou(a, b) -> float:  # noqa: ANN001
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def bench_quality(queries_per_photo: int, distractors: int) -> list[dict]:
     detector = MODELS / "detector"
     sets = {strength: quality_set(queries_per_photo, distractors, strength) for strength in (1.0, 2.0)}
@@ -382,7 +374,7 @@ def bench_quality(queries_per_photo: int, distractors: int) -> list[dict]:
             for expected, data, box in queries:
                 found = pipeline.detect(data)
                 # the object the shopper photographed: the detection that best covers the pasted object
-                best = max(range(len(found.boxes)), key=lambda i: _iou(found.boxes[i], box))
+                best = max(range(len(found.boxes)), key=lambda i: box_iou(found.boxes[i], box))
                 sims = matrix @ pipeline.embed(found.crops[best:best + 1])[0]
                 ranked: list[str] = []
                 for idx in np.argsort(-sims):

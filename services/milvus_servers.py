@@ -17,6 +17,21 @@ from services.stack import free_port
 DEFAULT_PORT = 19530
 
 
+def _wait_until_serving(uri: str, timeout_s: float, log_path: Path) -> None:
+    """Until a real request (listing collections) succeeds; the log tail on timeout."""
+    from pymilvus import MilvusClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            MilvusClient(uri, timeout=2).list_collections()
+            return
+        except Exception:
+            time.sleep(0.3)
+    log = log_path.read_text(errors="replace").splitlines()[-15:]
+    raise TimeoutError(f"milvus at {uri} did not start:\n" + "\n".join(log))
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -31,8 +46,6 @@ class MilvusServer:
         self.uri = "http://127.0.0.1:19530"
 
     def start(self, timeout_s: float = 180) -> MilvusServer:
-        from pymilvus import MilvusClient
-
         if _port_in_use(DEFAULT_PORT):
             raise RuntimeError(f"port {DEFAULT_PORT} is taken: another Milvus is running; stop it first")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,15 +53,8 @@ class MilvusServer:
         self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir)],
                                         stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                MilvusClient(self.uri, timeout=2).get_server_version()
-                return self
-            except Exception:
-                time.sleep(0.5)
-        log = (self.data_dir / "server.log").read_text(errors="replace").splitlines()[-15:]
-        raise TimeoutError("milvus server did not start:\n" + "\n".join(log))
+        _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log")
+        return self
 
     def _binary_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-f", f"{self.data_dir}/bin/milvus run"], capture_output=True, text=True)
@@ -92,20 +98,12 @@ class MilvusLiteServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> MilvusLiteServer:
-        from pymilvus import MilvusClient
-
         exe = Path(sys.executable).with_name("milvus-lite")
         self.process = subprocess.Popen(
             [str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=open(self.data_dir.with_suffix(".log"), "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                MilvusClient(self.uri, timeout=2).list_collections()
-                return self
-            except Exception:
-                time.sleep(0.3)
-        raise TimeoutError("milvus-lite server did not start")
+        _wait_until_serving(self.uri, timeout_s, self.data_dir.with_suffix(".log"))
+        return self
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

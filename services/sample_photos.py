@@ -50,6 +50,15 @@ def load_photos() -> dict[str, Photo]:
     return {p.name: p for p in photos}
 
 
+def box_iou(a, b) -> float:  # noqa: ANN001 - two x1, y1, x2, y2 sequences
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def encode(pixels: np.ndarray, fmt: str = "JPEG", quality: int = 92) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))

@@ -35,21 +35,33 @@ def start_search_service(address: str, triton_url: str, milvus_uri: str, log_pat
                 "PYTHONPATH": f"{BUILD / 'gen'}:{ROOT}", **env}
     process = subprocess.Popen([sys.executable, "-m", "services.search.server"], cwd=ROOT, env=full_env,
                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=detach)
+    try:
+        wait_health(address, process, health_pb2.HealthCheckResponse.SERVING, 120, log_path)
+    except TimeoutError:
+        process.kill()
+        raise
+    return process
+
+
+def wait_health(address: str, process: subprocess.Popen, status: int, timeout_s: float, log_path: Path) -> None:
+    """Block until the service's overall health is ``status``; raise (with its log tail) if
+    the process exits first or the time runs out."""
+    def tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        serving = health_pb2.HealthCheckResponse.SERVING
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"search service exited with {process.returncode}; see {log_path}")
+                raise RuntimeError(f"search service exited with {process.returncode}:\n{tail()}")
             try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == serving:
-                    return process
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == status:
+                    return
             except grpc.RpcError:
                 pass
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"search service never became SERVING; see {log_path}")
+            time.sleep(0.2)
+    raise TimeoutError(f"search service health never became {status}:\n{tail()}")
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 40) -> None:

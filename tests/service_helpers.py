@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api import CHANNEL_OPTIONS, pb, pb_grpc
-from services.stack import start_search_service, stop_process
+from services.stack import start_search_service, stop_process, wait_health
 from tests.conftest import free_port
 
 
@@ -46,17 +45,7 @@ class ServiceProcess:
             return None
 
     def wait_health(self, status: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited {self.process.returncode}:\n{self.log_tail()}")
-            if self.health_status() == status:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"health never became {status}:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        wait_health(self.address, self.process, status, timeout_s, self.log_path)
 
     def stop(self) -> int | None:
         if self.channel:

@@ -10,10 +10,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from services.models.local_pipeline import LocalPipeline
-from services.sample_photos import encode
+from services.sample_photos import box_iou, encode
 from services.triton.launcher import TritonServer, probe_inference
 from tests.conftest import BUILD, CPU_REPOSITORY, free_port
-from tests.triton_helpers import detect_and_embed, embed_region, iou
+from tests.triton_helpers import detect_and_embed, embed_region
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_detector_finds_the_labelled_object_with_a_sane_box(results, photos, nam
     photo, result = photos[name], results[name]
     i = best(result, photo.label)
     assert result["SCORES"][i] > 0.5
-    assert iou(result["BOXES"][i], photo.box) > 0.8, (result["BOXES"][i], photo.box)
+    assert box_iou(result["BOXES"][i], photo.box) > 0.8, (result["BOXES"][i], photo.box)
     assert not result["FALLBACK"][0]
 
 
@@ -57,7 +57,7 @@ def test_boxes_are_in_original_pixels_for_a_large_rotated_photo(client, photos):
     result = detect_and_embed(client, buf.getvalue())
     i = best(result, "cup")
     expected = [v * 4 for v in photo.box]
-    assert iou(result["BOXES"][i], expected) > 0.75, (result["BOXES"][i], expected)
+    assert box_iou(result["BOXES"][i], expected) > 0.75, (result["BOXES"][i], expected)
 
 
 def test_embeddings_are_unit_vectors(results):
