@@ -7,12 +7,12 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models test lint run stop triton clean loadtest loadtest-payload bench
+.PHONY: venv proto models test test-unit lint run stop triton clean loadtest loadtest-payload bench
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements/serve.txt
+$(VENV)/.installed: requirements/dev.txt
 	$(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/serve.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 	touch $@
 
 proto: venv $(BUILD)/gen/.stamp
@@ -25,33 +25,39 @@ $(BUILD)/gen/.stamp: $(wildcard proto/visualsearch/v1/*.proto)
 
 # Exports are cached in $${VS_CACHE_DIR:-~/.cache/visualsearch}; choose models with
 # VS_DETECTOR=... VS_EMBEDDER=... (built-in name or a folder with model.onnx + manifest.json).
+# Installs the chosen pair into model_repository/{detector,embedder} (the configs are in git).
 models: venv
-	$(PY) -m services.models.build --all-builtin
+	$(PY) -m tools.models.build --all-builtin
 
 triton: models
-	$(PY) -m services.triton.launcher run
+	$(PY) -m tools.triton_launcher run
 
+# Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus).
 test: venv proto models
 	$(PY) -m pytest -q tests
 
+# The unit layer alone: no models, no servers.
+test-unit: venv proto
+	$(PY) -m pytest -q tests/unit
+
 lint: venv
-	$(PY) -m ruff check services tests model_repository
+	$(PY) -m ruff check services tools tests model_repository
 
 clean:
 	rm -rf $(BUILD)
 
 run: venv proto models
-	$(PY) -m services.demo
+	$(PY) -m tools.demo
 
 stop: venv
-	$(PY) -m services.demo --stop
+	$(PY) -m tools.demo --stop
 
 LOADTEST_ARGS ?= --start-stack $(BUILD)/loadtest/stack --concurrency 4 --duration 30s
 loadtest-payload: venv proto
-	$(PY) -m services.loadtest --write-payload $(BUILD)/loadtest/search_request.bin
+	$(PY) -m tools.loadtest --write-payload $(BUILD)/loadtest/search_request.bin
 
 loadtest: venv proto models
-	$(PY) -m services.loadtest $(LOADTEST_ARGS) --json $(BUILD)/loadtest/report.json --plots $(BUILD)/loadtest
+	$(PY) -m tools.loadtest $(LOADTEST_ARGS) --json $(BUILD)/loadtest/report.json --plots $(BUILD)/loadtest
 
 bench: venv proto models
-	$(PY) -m services.bench
+	$(PY) -m tools.bench

@@ -13,11 +13,17 @@ from services.paths import BUILD, ROOT
 GEN = BUILD / "gen"
 PROTO_DIR = ROOT / "proto"
 PROTOSET = BUILD / "visualsearch.protoset"
-# Client side of the raised message limits: gRPC's 4 MiB default breaks real photos
-# (the server accepts VS_MAX_MESSAGE_BYTES, 64 MiB by default).
+
+
+def message_size_options(limit: int) -> list[tuple[str, int]]:
+    """gRPC channel/server options raising both message limits: gRPC's 4 MiB default breaks
+    real photos. Every server and client in the project uses these."""
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+# Client side (the server accepts VS_MAX_MESSAGE_BYTES, 64 MiB by default).
 CLIENT_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", CLIENT_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", CLIENT_MESSAGE_BYTES)]
+CHANNEL_OPTIONS = message_size_options(CLIENT_MESSAGE_BYTES)
 
 
 def generate() -> None:
@@ -42,4 +48,4 @@ except ImportError:
     from visualsearch.v1 import visual_search_pb2 as pb
     from visualsearch.v1 import visual_search_pb2_grpc as pb_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "PROTOSET", "generate", "pb", "pb_grpc"]
+__all__ = ["CHANNEL_OPTIONS", "PROTOSET", "generate", "message_size_options", "pb", "pb_grpc"]

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tritonserver on the CPU repository, real photos, free ports."""
+"""Fixtures shared by both layers: real photos; for the integration layer, the real
+tritonserver on model_repository/ with its CPU configs, and free ports."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from services.sample_photos import load_photos
-from services.stack import free_port
-from services.triton.launcher import TritonServer
+from tools.local_stack import free_port
+from tools.models.repository import REPOSITORY
+from tools.sample_photos import load_photos
+from tools.triton_launcher import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
-CPU_REPOSITORY = BUILD / "model_repository" / "cpu"
-__all__ = ["BUILD", "CPU_REPOSITORY", "ROOT", "free_port"]
+__all__ = ["BUILD", "REPOSITORY", "ROOT", "free_port"]
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +24,8 @@ def photos():
 
 @pytest.fixture(scope="session")
 def triton():
-    if not (CPU_REPOSITORY / "detect_and_embed" / "config.pbtxt").is_file():
-        pytest.fail("no rendered model repository: run `make models` (make test does)")
-    server = TritonServer(CPU_REPOSITORY, free_port(), free_port(), free_port())
+    if not (REPOSITORY / "detector" / "1" / "model.onnx").is_file():
+        pytest.fail("no models in model_repository/: run `make models` (make test does)")
+    server = TritonServer(REPOSITORY, free_port(), free_port(), free_port())
     with server:
         yield server

@@ -2,8 +2,8 @@
 #   docker build -f deploy/docker/search.Dockerfile -t registry.example.com/visualsearch/search:0.1.0 .
 FROM python:3.11.7-slim-bookworm AS build
 WORKDIR /src
-COPY requirements/service.txt requirements/service.txt
-RUN pip install --no-cache-dir --prefix=/install -r requirements/service.txt \
+COPY requirements/search-image.txt requirements/search-image.txt
+RUN pip install --no-cache-dir --prefix=/install -r requirements/search-image.txt \
     && pip install --no-cache-dir grpcio-tools==1.81.1
 COPY proto proto
 RUN mkdir -p /src/build/gen \
@@ -15,7 +15,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/app/build/gen:/app
 WORKDIR /app
 COPY --from=build /install /usr/local
 COPY --from=build /src/build/gen /app/build/gen
-COPY services /app/services
+# Only the search service and its client code: tools/ and the Triton models' code stay out.
+COPY services/__init__.py services/api.py services/paths.py services/logging_setup.py services/importer.py /app/services/
+COPY services/search /app/services/search
 USER 10001:10001
 EXPOSE 50051 9464
 ENTRYPOINT ["python", "-m", "services.search.server"]

@@ -1,4 +1,5 @@
-"""Failures the service turns into precise gRPC status codes (see ``server.abort_for``)."""
+"""Failures the service turns into precise gRPC status codes (``server.handler`` aborts the RPC with
+``code`` and the message)."""
 
 from __future__ import annotations
 

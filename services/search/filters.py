@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 
 from services.search.errors import InvalidInput
+from services.search.product_fields import check_key, check_value
 
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,64}$")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:/\-]{1,128}$")
 MAX_CATEGORIES = 64
 MAX_ATTRIBUTE_KEYS = 16
 MAX_VALUES_PER_KEY = 64
-MAX_VALUE_LENGTH = 256
 
 
 def literal(value: str) -> str:
@@ -28,26 +25,6 @@ def literal(value: str) -> str:
 
 def string_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(literal(v) for v in values) + "]"
-
-
-def check_value(value: str, what: str) -> str:
-    if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidInput(f"{what}: value longer than {MAX_VALUE_LENGTH} characters")
-    if "\x00" in value:
-        raise InvalidInput(f"{what}: value contains a NUL character")
-    return value
-
-
-def check_id(value: str, what: str) -> str:
-    if not ID_PATTERN.match(value):
-        raise InvalidInput(f"{what} {value!r} must be 1-128 characters of A-Z a-z 0-9 _ . : / -")
-    return value
-
-
-def check_key(key: str, what: str) -> str:
-    if not KEY_PATTERN.match(key):
-        raise InvalidInput(f"{what} key {key!r} must be 1-64 characters of A-Z a-z 0-9 _")
-    return key
 
 
 def build_expression(flt) -> str:  # noqa: ANN001 - visualsearch.v1.Filter

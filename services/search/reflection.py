@@ -2,7 +2,7 @@
 
 ghz and other grpc-go tools resolve ``--call pkg.Service/Method`` by asking for the file
 that contains ``pkg.Service.Method``; stock grpcio-reflection answers NOT_FOUND for method
-symbols (DESIGN 4.4). This servicer falls back to the service's file for them.
+symbols (grpc-go servers answer them). This servicer falls back to the service's file for them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The search service process: gRPC (grpc.aio) servicers, health, reflection, metrics, shutdown.
 
 Run: ``python -m services.search.server`` (settings from VS_* environment variables).
+Every RPC enters through a servicer method below, which hands it to ``Search``
+(search.py) or ``Catalog`` (catalog.py); those call Triton through ``triton_client.py``
+and Milvus through ``milvus_store.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from services import logging_setup
-from services.api import pb, pb_grpc
+from services.api import message_size_options, pb, pb_grpc
 from services.search import metrics, reflection
-from services.search.catalog_store import SchemaMismatch
+from services.search.backends import Backends
+from services.search.catalog import Catalog
 from services.search.config import ConfigError, Settings
-from services.search.engine import Engine
 from services.search.errors import ServiceError
-from services.search.inference import InferenceClient
+from services.search.milvus_store import MilvusStore, SchemaMismatch
+from services.search.search import Search
+from services.search.triton_client import TritonClient
 
 log = logging.getLogger("services.search.server")
 
@@ -63,7 +68,8 @@ def handler(method: str) -> Callable:
 
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
-        async def run(self: _Base, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def run(self: VisualSearchServicer | CatalogServicer, request: Any,
+                      context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             if not self.admission.try_enter():
@@ -98,58 +104,61 @@ def handler(method: str) -> Callable:
     return wrap
 
 
-class _Base:
-    def __init__(self, engine: Engine, admission: Admission) -> None:
-        self.engine = engine
+class VisualSearchServicer(pb_grpc.VisualSearchServicer):
+    def __init__(self, search: Search, admission: Admission) -> None:
+        self.search = search
         self.admission = admission
 
-
-class VisualSearchServicer(_Base, pb_grpc.VisualSearchServicer):
     @handler("SearchByImage")
     async def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.aio.ServicerContext
                             ) -> pb.SearchByImageResponse:
-        return await self.engine.search(request, _remaining(context))
+        return await self.search.search(request, _remaining(context))
 
     @handler("BatchSearchByImage")
     async def BatchSearchByImage(self, request: pb.BatchSearchByImageRequest, context: grpc.aio.ServicerContext
                                  ) -> pb.BatchSearchByImageResponse:
-        return await self.engine.batch_search(request, _remaining(context))
+        return await self.search.batch_search(request, _remaining(context))
 
 
-class CatalogServicer(_Base, pb_grpc.CatalogServicer):
+class CatalogServicer(pb_grpc.CatalogServicer):
+    def __init__(self, catalog: Catalog, admission: Admission) -> None:
+        self.catalog = catalog
+        self.admission = admission
+
     @handler("ImportProducts")
     async def ImportProducts(self, request_iterator: Any, context: grpc.aio.ServicerContext
                              ) -> pb.ImportProductsResponse:
-        return await self.engine.import_products(request_iterator, _remaining(context))
+        return await self.catalog.import_products(request_iterator, _remaining(context))
 
     @handler("DeleteProducts")
     async def DeleteProducts(self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteProductsResponse:
-        return await self.engine.delete_products(request)
+        return await self.catalog.delete_products(request)
 
     @handler("GetCatalogStats")
     async def GetCatalogStats(self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
                               ) -> pb.CatalogStats:
-        return await self.engine.stats()
+        return await self.catalog.stats()
 
 
 class SearchServer:
-    """Owns the grpc.aio server, the engine and the health loop."""
+    """Owns the grpc.aio server, the backends and the health loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        options = [("grpc.max_send_message_length", settings.max_message_bytes),
-                   ("grpc.max_receive_message_length", settings.max_message_bytes)]
-        self.server = grpc.aio.server(options=options)
-        self.inference = InferenceClient(settings.triton_url, settings.max_message_bytes, settings.triton_timeout_s)
-        self.engine = Engine(settings, self.inference)
+        self.server = grpc.aio.server(options=message_size_options(settings.max_message_bytes))
+        self.backends = Backends(
+            TritonClient(settings.triton_url, settings.max_message_bytes, settings.triton_timeout_s),
+            MilvusStore(settings))
         self.admission = Admission(settings.max_in_flight)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.stopping = False
         self._health_task: asyncio.Task | None = None
-        pb_grpc.add_VisualSearchServicer_to_server(VisualSearchServicer(self.engine, self.admission), self.server)
-        pb_grpc.add_CatalogServicer_to_server(CatalogServicer(self.engine, self.admission), self.server)
+        pb_grpc.add_VisualSearchServicer_to_server(
+            VisualSearchServicer(Search(settings, self.backends), self.admission), self.server)
+        pb_grpc.add_CatalogServicer_to_server(CatalogServicer(Catalog(settings, self.backends), self.admission),
+                                              self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME])
         self.port = self.server.add_insecure_port(settings.listen)
@@ -166,7 +175,7 @@ class SearchServer:
 
     async def check_dependencies(self) -> bool:
         try:
-            problems = await self.engine.probe()
+            problems = await self.backends.probe()
         except SchemaMismatch as exc:
             problems = {"triton": None, "milvus": str(exc)}
         for name, problem in problems.items():
@@ -201,9 +210,7 @@ class SearchServer:
             self._health_task.cancel()
         log.info("draining", extra={"grace_s": self.settings.shutdown_grace_s, "in_flight": self.admission.in_flight})
         await self.server.stop(self.settings.shutdown_grace_s)
-        await self.inference.close()
-        if self.engine.store:
-            self.engine.store.disconnect()
+        await self.backends.close()
         log.info("stopped")
 
 

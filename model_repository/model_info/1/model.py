@@ -1,0 +1,22 @@
+"""Triton Python model: the served detector's and embedder's manifests as JSON strings.
+
+Read once at load, so they describe the files Triton actually serves.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from services.triton_models.model_args import read_manifest
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.outputs = {name: np.array([json.dumps(read_manifest(args, f"{name.lower()}_manifest")).encode()],
+                                       dtype=np.object_)
+                        for name in ("DETECTOR", "EMBEDDER")}
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in self.outputs.items()])
+                for _ in requests]

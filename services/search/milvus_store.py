@@ -1,0 +1,275 @@
+"""The Milvus collection of catalog vectors: schema, index, search, idempotent writes, stats.
+
+The same code serves Milvus Lite (a local path URI) and any Milvus server (http://...).
+pymilvus' MilvusClient is blocking, so the async service calls it in worker threads; every
+call carries a timeout so a dead Milvus turns into UNAVAILABLE instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from services.search import product_fields as pf
+from services.search.config import Settings
+from services.search.errors import BackendUnavailable, InvalidInput
+from services.search.filters import literal, string_list
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FIELDS = list(pf.STORED_FIELDS)
+MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
+
+
+class SchemaMismatch(RuntimeError):
+    """The existing collection cannot hold this embedder's vectors."""
+
+
+@dataclass
+class Hit:
+    similarity: float
+    fields: dict[str, Any]
+
+
+def row_key(product_id: str, image_id: str, index: int) -> str:
+    return f"{product_id}|{image_id}|{index}"
+
+
+class MilvusStore:
+    """The catalog collection. ``connect(dimension)`` once the embedder's dimension is known
+    (the search service learns it from Triton); every other call is one Milvus request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dimension: int | None = None
+        self.timeout = settings.milvus_timeout_s
+        self.collection = settings.milvus_collection
+        self.is_server = settings.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        self._client: MilvusClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return "milvus-server" if self.is_server else "milvus-lite"
+
+    # -- connection -------------------------------------------------------------------
+    def connect(self, dimension: int) -> None:
+        """Open the client, create the collection if missing, check it, load it once."""
+        with self._lock:
+            if self._client is not None:
+                return
+            self.dimension = dimension
+            uri = self.settings.milvus_uri
+            if not self.is_server:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                client = MilvusClient(uri=uri, token=self.settings.milvus_token,
+                                      timeout=self.settings.milvus_timeout_s)
+                if not client.has_collection(self.collection, timeout=self.settings.milvus_timeout_s):
+                    self._create(client)
+                self._check_schema(client)
+                client.load_collection(self.collection, timeout=max(60.0, self.settings.milvus_timeout_s))
+            except SchemaMismatch:
+                raise
+            except MilvusException as exc:
+                raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc.message}") from None
+            except Exception as exc:  # grpc / connection errors from pymilvus internals
+                raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc}") from None
+            self._client = client
+            log.info("milvus ready", extra={"uri": uri, "collection": self.collection,
+                                            "mode": self.mode})
+
+    def disconnect(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # closing a broken connection must not mask the cause
+                    pass
+                self._client = None
+
+    def _create(self, client: MilvusClient) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description="visual product search: one row per catalog object")
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=pf.PRODUCT_KEY_MAX)
+        types = {"box": DataType.JSON, "price": DataType.DOUBLE, "attributes": DataType.JSON}
+        for name, max_length in pf.STORED_FIELDS.items():
+            if max_length is None:
+                schema.add_field(name, types[name])
+            else:
+                schema.add_field(name, DataType.VARCHAR, max_length=max_length)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
+                        params=self.settings.effective_index_params)
+        client.create_collection(self.collection, schema=schema, index_params=index,
+                                 consistency_level=self.settings.consistency_level,
+                                 timeout=self.settings.milvus_timeout_s)
+        log.info("created collection", extra={"collection": self.collection, "dimension": self.dimension,
+                                              "index_type": self.settings.index_type})
+
+    def _check_schema(self, client: MilvusClient) -> None:
+        info = client.describe_collection(self.collection, timeout=self.settings.milvus_timeout_s)
+        fields = {f["name"]: f for f in info["fields"]}
+        missing = [name for name in ["pk", "vector", *OUTPUT_FIELDS] if name not in fields]
+        if missing:
+            raise SchemaMismatch(f"collection {self.collection!r} lacks fields {missing}; "
+                                 "it was not created by this service (set VS_MILVUS_COLLECTION)")
+        dim = int(fields["vector"].get("params", {}).get("dim", 0))
+        if dim != self.dimension:
+            raise SchemaMismatch(
+                f"collection {self.collection!r} holds {dim}-d vectors but the embedder produces "
+                f"{self.dimension}-d ones; use another VS_MILVUS_COLLECTION or re-import the catalog")
+
+    def _connected(self) -> MilvusClient:
+        if self._client is None:
+            raise BackendUnavailable(f"Milvus at {self.settings.milvus_uri} is unavailable (reconnecting)")
+        return self._client
+
+    @contextmanager
+    def _failures(self, what: str) -> Iterator[None]:
+        """Any failure of a Milvus call: drop the connection (the next probe reconnects) and
+        answer UNAVAILABLE."""
+        try:
+            yield
+        except MilvusException as exc:
+            self._broken(exc)
+            raise BackendUnavailable(f"Milvus {what} failed: {exc.message}") from None
+        except Exception as exc:  # grpc / connection errors from pymilvus internals
+            self._broken(exc)
+            raise BackendUnavailable(f"Milvus {what} failed: {exc}") from None
+
+    def _broken(self, exc: Exception) -> None:
+        log.warning("milvus call failed; will reconnect", extra={"error": str(exc)[:300]})
+        self.disconnect()
+
+    # -- reads ------------------------------------------------------------------------
+    def ping(self, dimension: int) -> None:
+        """Raises BackendUnavailable unless a real query on the loaded collection works."""
+        if self._client is None:
+            self.connect(dimension)
+        client = self._connected()
+        with self._failures("health query"):
+            client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Eventually",
+                         timeout=self.timeout)
+
+    def search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Hit]]:
+        """Nearest rows for every vector in one call (nq = len(vectors))."""
+        client = self._connected()
+        with self._failures("search"):
+            results = client.search(
+                self.collection, data=[v.astype(np.float32).tolist() for v in vectors],
+                limit=min(limit, MAX_SEARCH_LIMIT), filter=expression, output_fields=OUTPUT_FIELDS,
+                search_params={"metric_type": "IP", "params": self.settings.effective_search_params},
+                consistency_level=self.settings.consistency_level, timeout=self.timeout)
+        return [[Hit(float(h["distance"]), h["entity"]) for h in hits] for hits in results]
+
+    def stats(self) -> dict[str, Any]:
+        vectors = self._count("")
+        products, images = set(), set()
+        client = self._connected()
+        with self._failures("stats scan"):
+            iterator = client.query_iterator(self.collection, batch_size=4096, filter="",
+                                             output_fields=["product_id", "image_id"], timeout=self.timeout)
+            try:
+                while batch := iterator.next():
+                    for row in batch:
+                        products.add(row["product_id"])
+                        images.add((row["product_id"], row["image_id"]))
+            finally:
+                iterator.close()
+        with self._failures("describe index"):
+            index = client.describe_index(self.collection, "vector", timeout=self.timeout) or {}
+        return {"products": len(products), "images": len(images), "vectors": vectors,
+                "index_type": index.get("index_type", ""), "index_state": str(index.get("state", "")),
+                "indexed_vectors": int(index.get("indexed_rows", 0) or 0)}
+
+    def _count(self, expression: str) -> int:
+        client = self._connected()
+        with self._failures("count"):
+            rows = client.query(self.collection, filter=expression, output_fields=["count(*)"],
+                                consistency_level=self.settings.consistency_level, timeout=self.timeout)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def image_rows(self, product_id: str, image_ids: list[str]) -> list[dict[str, Any]]:
+        """The stored rows (vectors included) of some images of a product, read at Strong
+        consistency: what an import keeps for images that failed this time."""
+        client = self._connected()
+        expression = f"product_id == {literal(product_id)} and image_id in {string_list(image_ids)}"
+        with self._failures("read kept rows"):
+            return client.query(self.collection, filter=expression, output_fields=["pk", "vector", *OUTPUT_FIELDS],
+                                consistency_level="Strong", timeout=self.timeout)
+
+    # -- writes (the service serialises them) -------------------------------------------
+    def replace_product(self, product_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        """Make ``rows`` all of the product's vectors. Upsert first, then delete the leftovers,
+        so the product is never missing from search. Returns the keys it now has."""
+        if not rows:
+            return set()
+        for row in rows:
+            if len(row["pk"]) > pf.PRODUCT_KEY_MAX:
+                raise InvalidInput(f"product/image ids too long for a key: {row['pk'][:60]}...")
+        client = self._connected()
+        keys = [row["pk"] for row in rows]
+        with self._failures("upsert"):
+            client.upsert(self.collection, data=rows, timeout=self.timeout)
+        with self._failures("delete stale rows"):
+            client.delete(self.collection, filter=f"product_id == {literal(product_id)} and pk not in "
+                                                  f"{string_list(keys)}", timeout=self.timeout)
+        return set(keys)
+
+    def delete_products(self, product_ids: list[str]) -> int:
+        expression = f"product_id in {string_list(product_ids)}"
+        before = self._count(expression)
+        client = self._connected()
+        with self._failures("delete"):
+            client.delete(self.collection, filter=expression, timeout=self.timeout)
+        return before
+
+    def seal(self) -> None:
+        """After an import call on Milvus Lite: move the rows from its memtable into indexed
+        segments (Lite searches unsealed memtable rows one by one in Python, which grows slow
+        with the catalog). A server seals on its own; flushing it after every call would only
+        make small segments."""
+        if not self.is_server:
+            client = self._connected()
+            with self._failures("flush"):
+                client.flush(self.collection, timeout=self.timeout)
+
+    def wait_visible(self, expected: dict[str, set[str]]) -> None:
+        """Block until searches at the configured consistency level see exactly ``expected``
+        (product id -> its row keys; empty = deleted). Searches then run at that cheaper level
+        (Bounded: ~2 ms on a Milvus server, Strong: ~200-300 ms) and still read every
+        completed import: visibility only grows with time, on every replica."""
+        if not expected:
+            return
+        deadline = time.monotonic() + self.settings.write_visibility_timeout_s
+        ids = sorted(expected)
+        while True:
+            seen: dict[str, set[str]] = {pid: set() for pid in ids}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                client = self._connected()
+                with self._failures("visibility check"):
+                    rows = client.query(self.collection, filter=f"product_id in {string_list(chunk)}",
+                                        output_fields=["pk", "product_id"],
+                                        consistency_level=self.settings.consistency_level, timeout=self.timeout)
+                for row in rows:
+                    seen[row["product_id"]].add(row["pk"])
+            if seen == expected:
+                return
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(
+                    f"writes are stored but not searchable after {self.settings.write_visibility_timeout_s:.0f}s "
+                    "(VS_WRITE_VISIBILITY_TIMEOUT_S); Milvus is lagging. The call is idempotent: retry it")
+            time.sleep(0.2)

@@ -1,1 +1,0 @@
-"""Running and calling Triton Inference Server."""

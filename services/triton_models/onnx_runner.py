@@ -1,0 +1,43 @@
+"""Triton Python model: run an ONNX file with onnxruntime (CPU variant of detector/embedder).
+
+Stands in for Triton's onnxruntime backend where that backend cannot be installed; same
+model name, tensor names, shapes and types as the canonical GPU config. Requests that
+Triton's dynamic batcher groups are concatenated into one onnxruntime call and split back.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from services.triton_models.model_args import config_parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = config_parameters(args)
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.inter_op_num_threads = 1
+        # Spinning threads burn the cores that the other instances and the Python pre/post
+        # models need; with several instances per core, sleeping waits are faster overall.
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        sizes = [len(a) for a in arrays]
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        result = self.session.run([self.output_name], {self.input_name: batch})[0]
+        responses, start = [], 0
+        for size in sizes:
+            part = np.ascontiguousarray(result[start:start + size])
+            start += size
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
+        return responses

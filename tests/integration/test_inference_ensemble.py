@@ -1,0 +1,163 @@
+"""The inference tier end to end: real tritonserver, real ONNX weights, real photos."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import REPOSITORY, free_port
+from tests.integration.triton_calls import detect_and_embed, embed_region
+from tools.models.local_pipeline import LocalPipeline
+from tools.sample_photos import box_iou, encode
+from tools.triton_launcher import TritonServer, probe_inference
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def results(client, photos):
+    return {name: detect_and_embed(client, encode(p.pixels)) for name, p in photos.items()}
+
+
+def best(result, label):
+    idx = [i for i, lab in enumerate(result["LABELS"]) if lab == label]
+    assert idx, f"no {label!r} among {result['LABELS']}"
+    return max(idx, key=lambda i: result["SCORES"][i])
+
+
+@pytest.mark.parametrize("name", ["coffee", "motorcycle_left", "motorcycle_right", "cat", "astronaut"])
+def test_detector_finds_the_labelled_object_with_a_sane_box(results, photos, name):
+    photo, result = photos[name], results[name]
+    i = best(result, photo.label)
+    assert result["SCORES"][i] > 0.5
+    assert box_iou(result["BOXES"][i], photo.box) > 0.8, (result["BOXES"][i], photo.box)
+    assert not result["FALLBACK"][0]
+
+
+def test_boxes_are_in_original_pixels_for_a_large_rotated_photo(client, photos):
+    # 4x upscaled and EXIF-rotated: boxes must come back in the *displayed* original pixels.
+    import io
+
+    from PIL import Image
+
+    photo = photos["coffee"]
+    big = Image.fromarray(photo.pixels).resize((2400, 1600)).rotate(90, expand=True)  # stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise -> upright again
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    result = detect_and_embed(client, buf.getvalue())
+    i = best(result, "cup")
+    expected = [v * 4 for v in photo.box]
+    assert box_iou(result["BOXES"][i], expected) > 0.75, (result["BOXES"][i], expected)
+
+
+def test_embeddings_are_unit_vectors(results):
+    for result in results.values():
+        norms = np.linalg.norm(result["EMBEDDINGS"], axis=1)
+        np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+        assert len(result["EMBEDDINGS"]) == len(result["BOXES"]) == len(result["LABELS"])
+
+
+def test_left_motorcycle_is_nearest_to_the_right_motorcycle(results):
+    left = results["motorcycle_left"]
+    right = results["motorcycle_right"]
+    query = left["EMBEDDINGS"][best(left, "motorcycle")]
+    target = right["EMBEDDINGS"][best(right, "motorcycle")]
+    target_sim = float(query @ target)
+    others = []
+    for name, result in results.items():
+        for j, emb in enumerate(result["EMBEDDINGS"]):
+            if name == "motorcycle_left" or (name == "motorcycle_right" and j == best(right, "motorcycle")):
+                continue
+            others.append((float(query @ emb), name, result["LABELS"][j]))
+    assert others, "no other objects to compare with"
+    assert target_sim > max(others)[0], (target_sim, sorted(others)[-3:])
+
+
+def test_ensemble_equals_in_process_onnxruntime(results, photos):
+    local = LocalPipeline.from_repository()
+    for name in ("coffee", "motorcycle_left", "rocket"):
+        expected = local.detect_and_embed(encode(photos[name].pixels))
+        got = results[name]
+        assert got["LABELS"] == expected.labels
+        np.testing.assert_allclose(got["BOXES"], expected.boxes, atol=0.5)
+        np.testing.assert_allclose(got["SCORES"], expected.scores, atol=1e-3)
+        np.testing.assert_allclose(got["EMBEDDINGS"], expected.embeddings, atol=2e-4)
+        assert bool(got["FALLBACK"][0]) == expected.fallback
+
+
+def test_no_detectable_object_returns_the_whole_image_fallback(client):
+    plain = np.full((300, 500, 3), 180, np.uint8)
+    result = detect_and_embed(client, encode(plain, "PNG"))
+    assert bool(result["FALLBACK"][0]) is True
+    assert result["LABELS"] == ["image"]
+    np.testing.assert_allclose(result["BOXES"], [[0, 0, 500, 300]], atol=0.5)
+    assert result["EMBEDDINGS"].shape[0] == 1
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    (b"", "empty"),
+    (b"definitely not an image", "not a decodable image"),
+    ("truncated", "truncated or corrupt"),
+])
+def test_corrupt_image_is_a_triton_error_and_the_server_keeps_serving(client, photos, payload, fragment):
+    if payload == "truncated":
+        payload = encode(photos["coffee"].pixels)[:3000]
+    with pytest.raises(InferenceServerException) as err:
+        detect_and_embed(client, payload)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert fragment in err.value.message()
+    assert detect_and_embed(client, encode(photos["cat"].pixels))["LABELS"][0] == "cat"
+
+
+def test_region_entry_point_embeds_the_given_box_like_the_detector_crop(client, photos, results):
+    coffee = results["coffee"]
+    i = best(coffee, "cup")
+    region = embed_region(client, encode(photos["coffee"].pixels), coffee["BOXES"][i])
+    assert region["EMBEDDINGS"].shape == (1, coffee["EMBEDDINGS"].shape[1])
+    assert float(region["EMBEDDINGS"][0] @ coffee["EMBEDDINGS"][i]) > 0.999
+    whole = embed_region(client, encode(photos["coffee"].pixels), [0, 0, 0, 0])
+    np.testing.assert_allclose(whole["BOXES"], [[0, 0, 600, 400]])
+    with pytest.raises(InferenceServerException, match="outside"):
+        embed_region(client, encode(photos["coffee"].pixels), [700, 500, 900, 600])
+
+
+def test_concurrent_requests_are_batched_by_the_composing_models(client, photos, triton):
+    def stats(model):
+        s = client.get_inference_statistics(model).model_stats[0]
+        return s.inference_count, s.execution_count
+
+    before = {m: stats(m) for m in ("preprocess", "detector", "embedder")}
+    data = [encode(p.pixels) for p in photos.values()] * 3
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        with grpcclient.InferenceServerClient(triton.grpc_url) as c2:
+            list(pool.map(lambda d: detect_and_embed(c2, d), data))
+    for model, (inf0, exe0) in before.items():
+        inf1, exe1 = stats(model)
+        assert inf1 - inf0 >= len(data)
+        assert exe1 - exe0 < inf1 - inf0, f"{model}: no request was ever batched"
+
+
+def test_killed_python_stub_is_detected_and_recovered(tmp_path):
+    import psutil
+
+    # its own server: a failed recovery must not break the other tests' Triton
+    with TritonServer(REPOSITORY, free_port(), free_port(), free_port(), log_path=tmp_path / "t.log") as server:
+        stubs = [p for p in psutil.Process(server.process.pid).children(recursive=True)
+                 if "triton_python_backend_stub" in " ".join(p.cmdline()) and "postprocess" in " ".join(p.cmdline())]
+        assert stubs, "no postprocess stub process found"
+        for stub in stubs:
+            stub.kill()
+        with pytest.raises(InferenceServerException, match="[Ss]tub"):
+            probe_inference(server.grpc_url, timeout_s=30)
+        assert server.recover_stubs() == ["postprocess"]
+        probe_inference(server.grpc_url, timeout_s=60)

@@ -1,0 +1,172 @@
+"""model_repository/ as Triton loads it (both variants) and the model manifests (no server)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from services.search import triton_client as tc
+from tests.conftest import BUILD
+from tools.models import manifest as mf
+from tools.models import repository
+from tools.models.build import BUILTIN, custom_model, resolve
+
+PIPELINE_MODELS = {"preprocess", "detector", "postprocess", "embedder", "region_crop", "model_info",
+                   tc.DETECT_ENSEMBLE, tc.REGION_ENSEMBLE}
+
+
+def io_signature(cfg):
+    return ([(t.name, t.data_type, list(t.dims)) for t in cfg.input],
+            [(t.name, t.data_type, list(t.dims)) for t in cfg.output])
+
+
+def test_cpu_and_gpu_variants_agree_on_models_tensors_shapes_and_types():
+    cpu, gpu = repository.configs("cpu"), repository.configs("gpu")
+    assert set(cpu) == set(gpu) == PIPELINE_MODELS
+    for name in cpu:
+        assert cpu[name].name == gpu[name].name == name
+        assert io_signature(cpu[name]) == io_signature(gpu[name]), name
+        assert cpu[name].max_batch_size == gpu[name].max_batch_size, name
+        assert cpu[name].dynamic_batching == gpu[name].dynamic_batching, name
+        assert cpu[name].ensemble_scheduling == gpu[name].ensemble_scheduling, name
+    # only the two ONNX models have a CPU config, and only their backend differs
+    assert sorted(p.parent.parent.name for p in repository.REPOSITORY.glob("*/configs/cpu.pbtxt")) == \
+        sorted(repository.ONNX_MODELS)
+    for name in repository.ONNX_MODELS:
+        assert gpu[name].platform == "onnxruntime_onnx" and cpu[name].backend == "python"
+        assert cpu[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_gpu_configs_use_tensorrt_fp16_with_an_engine_cache_and_warmup():
+    gpu = repository.configs("gpu")
+    for name in repository.ONNX_MODELS:
+        cfg = gpu[name]
+        (trt,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+        assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+        assert trt.parameters["trt_engine_cache_enable"] == "true"
+        assert trt.parameters["trt_engine_cache_path"] == f"/trt-cache/{name}"
+        assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        (warmup,) = cfg.model_warmup
+        # warm-up runs the installed model's real input shape
+        onnx_file, manifest = repository.installed(name)
+        assert list(warmup.inputs[cfg.input[0].name].dims) == manifest["serving"]["input"]["shape"]
+
+
+def test_images_travel_between_steps_as_uint8():
+    for variant in repository.VARIANTS:
+        cfgs = repository.configs(variant)
+        for name in repository.ONNX_MODELS:
+            assert cfgs[name].input[0].data_type == mc.TYPE_UINT8
+    for name in repository.ONNX_MODELS:
+        model = onnx.load(str(repository.installed(name)[0]))
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_every_batching_model_has_dynamic_batching_and_room_for_all_crops():
+    for variant in repository.VARIANTS:
+        cfgs = repository.configs(variant)
+        for name, cfg in cfgs.items():
+            if cfg.max_batch_size > 0:
+                assert cfg.HasField("dynamic_batching"), (variant, name)
+        max_objects = int(repository.parameter(cfgs["postprocess"], "max_objects"))
+        assert cfgs["embedder"].max_batch_size >= max_objects
+
+
+def test_ensemble_steps_reference_real_tensors_and_the_client_contract():
+    cfgs = repository.configs("cpu")
+    for ens in (tc.DETECT_ENSEMBLE, tc.REGION_ENSEMBLE):
+        for step in cfgs[ens].ensemble_scheduling.step:
+            model = cfgs[step.model_name]
+            assert set(step.input_map) <= {t.name for t in model.input}, step.model_name
+            assert set(step.output_map) <= {t.name for t in model.output}, step.model_name
+    assert [t.name for t in cfgs[tc.DETECT_ENSEMBLE].output] == list(tc.DETECT_OUTPUTS)
+    assert [t.name for t in cfgs[tc.REGION_ENSEMBLE].output] == list(tc.REGION_OUTPUTS)
+    assert [t.name for t in cfgs[tc.REGION_ENSEMBLE].input] == [tc.IMAGE, tc.REGION]
+
+
+def test_installed_models_match_the_configs_tensor_names():
+    cfgs = repository.configs("gpu")
+    for name in repository.ONNX_MODELS:
+        onnx_file, manifest = repository.installed(name)
+        assert manifest["serving"]["onnx_sha256"] == mf.sha256_file(onnx_file)
+        model = onnx.load(str(onnx_file), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [cfgs[name].input[0].name]
+        assert [o.name for o in model.graph.output] == [cfgs[name].output[0].name]
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_served_manifests_record_source_licence_and_shapes(name):
+    data = mf.load(BUILD / "models" / name)
+    source = data["source"]
+    assert source["package"] == BUILTIN[name].package and source["version"] == BUILTIN[name].version
+    assert len(source["sha256"]) == 64 and data["license"] == BUILTIN[name].license
+    assert data["serving"]["onnx_sha256"] == mf.sha256_file(BUILD / "models" / name / mf.MODEL_NAME)
+    model = onnx.load(str(BUILD / "models" / name / mf.MODEL_NAME), load_external_data=False)
+    assert [i.name for i in model.graph.input] == [data["serving"]["input"]["name"]]
+    if data["role"] == "detector":
+        assert len(data["classes"]) == 80 and data["classes"][0] == "person"
+        assert data["serving"]["input"]["shape"] == [3, 672, 672]
+        assert data["serving"]["output"]["shape"][0] == 84
+    else:
+        assert data["serving"]["output"]["shape"] == [{"resnet50-opennsfw": 1024, "efficientnet-lite0": 1280}[name]]
+
+
+def test_a_users_own_models_plug_in_through_a_manifest(tmp_path):
+    detector_onnx, _ = repository.installed("detector")
+    embedder_onnx, _ = repository.installed("embedder")
+    # A user's YOLO with its own tensor names; class names come from its metadata.
+    det = tmp_path / "my-yolo"
+    det.mkdir()
+    renamed = onnx.load(str(detector_onnx))
+    for vi in [*renamed.graph.input, *renamed.graph.output]:
+        old = vi.name
+        vi.name = {"images": "input_0", "output0": "preds"}[old]
+        for node in renamed.graph.node:
+            node.input[:] = [vi.name if n == old else n for n in node.input]
+            node.output[:] = [vi.name if n == old else n for n in node.output]
+    onnx.save(renamed, str(det / "model.onnx"))
+    (det / "manifest.json").write_text(json.dumps({
+        "role": "detector", "name": "my-yolo", "license": "AGPL-3.0",
+        "input": {"name": "input_0"}, "output": {"name": "preds"}}))
+    # A user's embedder: the served open_nsfw graph, described by its own preprocessing.
+    emb = tmp_path / "my-embedder"
+    emb.mkdir()
+    shutil.copyfile(embedder_onnx, emb / "model.onnx")
+    (emb / "manifest.json").write_text(json.dumps({
+        "role": "embedder", "name": "my-embedder", "license": "MIT",
+        "input": {"name": "pixels", "layout": "NCHW", "color": "RGB", "size": 224},
+        "output": {"name": "embedding"}}))
+    cache = tmp_path / "cache"
+    repo = tmp_path / "repo"
+    shutil.copytree(repository.REPOSITORY, repo, ignore=shutil.ignore_patterns("*.onnx", "manifest.json"))
+    for role, path in (("detector", det), ("embedder", emb)):
+        repository.install(role, resolve(str(path), role, cache), repo)
+    _, detector = repository.installed("detector", repo)
+    assert len(detector["classes"]) == 80 and detector["name"] == "my-yolo"
+    assert detector["serving"]["input"]["name"] == "images"  # renamed to what the config declares
+    _, embedder = repository.installed("embedder", repo)
+    assert embedder["name"] == "my-embedder" and embedder["serving"]["output"]["shape"] == [1024]
+    # prepared once, then served from the cache
+    assert custom_model(det, cache) == custom_model(det, cache)
+
+
+def test_a_wrong_tensor_name_in_a_manifest_is_a_clear_error(tmp_path):
+    emb = tmp_path / "bad"
+    emb.mkdir()
+    shutil.copyfile(repository.installed("embedder")[0], emb / "model.onnx")
+    (emb / "manifest.json").write_text(json.dumps({
+        "role": "embedder", "name": "bad", "license": "MIT",
+        "input": {"name": "nope"}, "output": {"name": "embedding"}}))
+    with pytest.raises(mf.ManifestError, match="no input named 'nope'"):
+        resolve(str(emb), "embedder", tmp_path / "cache")
+    with pytest.raises(mf.ManifestError, match="neither a built-in"):
+        resolve(str(tmp_path / "missing"), "embedder", tmp_path / "cache")
+
+
+def test_installing_a_model_in_the_wrong_role_is_refused(tmp_path):
+    with pytest.raises(mf.ManifestError, match="not a detector"):
+        repository.install("detector", BUILD / "models" / "resnet50-opennsfw", tmp_path)

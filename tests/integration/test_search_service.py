@@ -1,0 +1,249 @@
+"""SearchByImage and the catalog API end to end: real gRPC service, real Triton, Milvus Lite."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.api import pb
+from tests.integration.service_process import ServiceProcess
+from tests.payloads import png_with_declared_size
+from tools.demo_catalog import CATALOG, import_requests, product_for
+from tools.sample_photos import encode, reshoot, side_by_side
+
+
+@pytest.fixture(scope="module")
+def service(triton, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("svc")
+    svc = ServiceProcess(triton.grpc_url, str(tmp / "catalog.db"), tmp / "service.log").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def catalog(service, photos):
+    response = service.import_products(import_requests(photos))
+    assert response.images_failed == 0, response
+    assert response.products_imported == len(CATALOG)
+    return response
+
+
+def search(service, image: bytes, **kw) -> pb.SearchByImageResponse:
+    return service.search.SearchByImage(pb.SearchByImageRequest(image=image, **kw), timeout=60)
+
+
+def top_product(group: pb.ObjectMatches) -> str:
+    assert group.matches, f"no matches for {group.label}"
+    return group.matches[0].product_id
+
+
+@pytest.mark.parametrize("name, background, seed", [
+    ("coffee", "china", 1), ("coffee", "flower", 2), ("motorcycle_left", "flower", 3),
+    ("cat", "china", 4), ("astronaut", "flower", 5),
+])
+def test_a_reshot_photo_finds_its_product_at_rank_1(service, catalog, photos, name, background, seed):
+    shot = reshoot(photos[name], photos[background].pixels, seed=seed)
+    response = search(service, encode(shot, "JPEG", quality=60), top_k=5)
+    groups = [g for g in response.objects if g.label == photos[name].label]
+    assert groups, [g.label for g in response.objects]
+    assert top_product(groups[0]) == product_for(name)
+    assert response.models.embedder == "resnet50-opennsfw" and response.models.embedding_dimension == 1024
+
+
+def test_a_photo_with_two_catalog_objects_returns_two_groups_each_finding_its_product(service, catalog, photos):
+    photo = side_by_side(photos["cat"].pixels, photos["coffee"].pixels)
+    response = search(service, encode(photo), top_k=3)
+    by_label = {g.label: g for g in response.objects}
+    assert top_product(by_label["cat"]) == "cat-001"
+    assert top_product(by_label["cup"]) == "mug-001"
+    cat_box = by_label["cat"].box
+    assert cat_box.x_max < photo.shape[1] / 2 + 20  # the cat is on the left half, in original pixels
+    assert by_label["cup"].box.x_min > photo.shape[1] / 2 - 20
+
+
+def test_several_images_of_one_product_collapse_into_its_best_match(service, catalog, photos):
+    response = search(service, encode(photos["motorcycle_left"].pixels), top_k=5)
+    group = next(g for g in response.objects if g.label == "motorcycle")
+    ids = [m.product_id for m in group.matches]
+    assert ids[0] == "moto-001" and len(ids) == len(set(ids))
+    assert group.matches[0].image_id == "left" and group.matches[0].similarity > 0.99
+    assert group.matches[0].product.attributes["color"] == "red"
+    assert group.matches[0].product.title == "Sport motorcycle"
+
+
+@pytest.mark.parametrize("flt, allowed", [
+    (pb.Filter(categories=["pets", "toys"]), {"cat-001", "rocket-001"}),
+    (pb.Filter(min_price=10, max_price=40), {"mug-001", "cat-001", "rocket-001", "temple-001"}),
+    (pb.Filter(attributes={"color": pb.AttributeValues(any_of=["white", "pink"])}),
+     {"mug-001", "suit-001", "rocket-001", "vase-001"}),
+])
+def test_a_filter_excludes_what_it_should(service, catalog, photos, flt, allowed):
+    response = search(service, encode(photos["coffee"].pixels), top_k=10, filter=flt)
+    found = {m.product_id for g in response.objects for m in g.matches}
+    assert found and found <= allowed, found
+    unfiltered = {m.product_id for g in search(service, encode(photos["coffee"].pixels), top_k=10).objects
+                  for m in g.matches}
+    assert unfiltered - allowed, "the unfiltered search must return products the filter excludes"
+
+
+def test_region_search_skips_detection_and_searches_the_box(service, catalog, photos):
+    photo = side_by_side(photos["cat"].pixels, photos["coffee"].pixels)
+    right_half = pb.BoundingBox(x_min=photo.shape[1] / 2, y_min=0, x_max=photo.shape[1], y_max=photo.shape[0])
+    response = search(service, encode(photo), top_k=3, region=right_half)
+    assert len(response.objects) == 1 and response.objects[0].label == "region"
+    assert top_product(response.objects[0]) == "mug-001"
+    assert response.objects[0].box.x_min == pytest.approx(right_half.x_min)
+
+
+def test_nothing_detected_searches_the_whole_image_and_says_so(service, catalog, photos):
+    response = search(service, encode(photos["rocket"].pixels), top_k=3)
+    assert response.whole_image_searched
+    assert [g.label for g in response.objects] == ["image"]
+    assert top_product(response.objects[0]) == "rocket-001"
+
+
+def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, photos):
+    full = search(service, encode(photos["coffee"].pixels))
+    assert len(full.objects) >= 2
+    capped = search(service, encode(photos["coffee"].pixels), max_objects=1)
+    assert len(capped.objects) == 1 and capped.objects[0].label == full.objects[0].label
+    strict = search(service, encode(photos["coffee"].pixels), min_detection_score=0.99)
+    assert strict.whole_image_searched and strict.objects[0].label == "image"
+
+
+def test_reimporting_a_product_does_not_duplicate_it(service, catalog, photos):
+    before = service.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
+    again = [r for r in import_requests(photos) if r.product.product_id == "mug-001"]
+    again[0].product.price = 14.0
+    response = service.import_products(again)
+    assert response.products_imported == 1 and response.images_failed == 0
+    after = service.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
+    assert (after.products, after.images, after.vectors) == (before.products, before.images, before.vectors)
+    result = search(service, encode(photos["coffee"].pixels), top_k=10)
+    mugs = [m for g in result.objects for m in g.matches if m.product_id == "mug-001"]
+    assert mugs and all(m.product.price == 14.0 for m in mugs)
+
+
+def test_a_bad_image_fails_only_itself_and_keeps_what_was_stored(service, catalog, photos):
+    before = service.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
+    moto = [r for r in import_requests(photos) if r.product.product_id == "moto-001"][0]
+    moto.images[1].content = b"not an image at all"  # the "right" image is now corrupt
+    moto.product.attributes["color"] = "black"
+    other = pb.ImportProductsRequest(product=pb.Product(product_id="bad id with spaces"),
+                                     images=[pb.ProductImage(image_id="x", content=encode(photos["cat"].pixels))])
+    response = service.import_products([moto, other])
+    status = {(s.product_id, s.image_id): s.status for s in response.items}
+    assert status[("moto-001", "left")].code == 0
+    assert status[("moto-001", "right")].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a decodable image" in status[("moto-001", "right")].message
+    assert "product.product_id" in status[("bad id with spaces", "x")].message
+    after = service.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
+    assert after.vectors == before.vectors  # the right image's old vectors are kept
+    result = search(service, encode(photos["motorcycle_right"].pixels), top_k=3)
+    group = next(g for g in result.objects if g.label == "motorcycle")
+    assert group.matches[0].product_id == "moto-001" and group.matches[0].image_id == "right"
+    assert group.matches[0].product.attributes["color"] == "black"  # new attributes on kept vectors too
+
+
+def test_delete_removes_a_product_from_results(service, catalog, photos):
+    service.import_products([pb.ImportProductsRequest(
+        product=pb.Product(product_id="cat-002", category="pets", price=5),
+        images=[pb.ProductImage(image_id="a", content=encode(photos["cat"].pixels))])])
+    assert "cat-002" in {m.product_id for g in search(service, encode(photos["cat"].pixels)).objects
+                         for m in g.matches}
+    deleted = service.catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["cat-002", "never-existed"]))
+    assert deleted.vectors_deleted >= 1
+    assert "cat-002" not in {m.product_id for g in search(service, encode(photos["cat"].pixels)).objects
+                             for m in g.matches}
+
+
+def test_batch_search_answers_each_image_and_fails_only_bad_ones(service, catalog, photos):
+    batch = pb.BatchSearchByImageRequest(requests=[
+        pb.SearchByImageRequest(image=encode(photos["cat"].pixels), top_k=1),
+        pb.SearchByImageRequest(image=b"\x89PNG broken"),
+        pb.SearchByImageRequest(image=encode(photos["coffee"].pixels), top_k=1),
+    ])
+    results = service.search.BatchSearchByImage(batch, timeout=60).results
+    assert top_product(results[0].response.objects[0]) == "cat-001"
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert any(top_product(g) == "mug-001" for g in results[2].response.objects)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"image": b""}, "image is empty"),
+    ({"image": b"GIF89a nope"}, "not a decodable image"),
+    ({"image": "truncated"}, "truncated or corrupt"),
+    ({"image": "bomb"}, "above the limit of 50000000 pixels"),
+    ({"image": "huge"}, "above the limit of"),
+    ({"top_k": 1000}, "top_k must be 1..100"),
+    ({"filter": pb.Filter(min_price=50, max_price=10)}, "min_price"),
+    ({"filter": pb.Filter(attributes={"bad key!": pb.AttributeValues(any_of=["x"])})}, "key 'bad key!'"),
+    ({"filter": pb.Filter(attributes={"color": pb.AttributeValues()})}, "any_of is empty"),
+    ({"filter": pb.Filter(min_price=float("nan"))}, "finite"),
+    ({"region": pb.BoundingBox(x_min=10, y_min=10, x_max=5, y_max=50)}, "x_max > x_min"),
+    ({"region": pb.BoundingBox(x_min=5000, y_min=5000, x_max=6000, y_max=6000)}, "outside"),
+])
+def test_bad_requests_get_invalid_argument_with_a_reason(service, catalog, photos, kwargs, fragment):
+    good = encode(photos["coffee"].pixels)
+    image = {"truncated": good[: len(good) // 3], "bomb": png_with_declared_size(30_000, 30_000),
+             "huge": good + b"\x00" * (21 * 1024 * 1024)}.get(kwargs.get("image"), kwargs.get("image", good))
+    with pytest.raises(grpc.RpcError) as err:
+        search(service, image, **{k: v for k, v in kwargs.items() if k != "image"})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in err.value.details()
+    assert top_product(search(service, good, top_k=1).objects[0]) == "mug-001"  # still serving
+
+
+def test_the_deadline_is_honoured(service, catalog, photos):
+    with pytest.raises(grpc.RpcError) as err:
+        service.search.SearchByImage(pb.SearchByImageRequest(image=encode(photos["coffee"].pixels)), timeout=0.02)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_health_and_reflection_resolve_method_symbols(service, catalog):
+    assert service.health_status() == health_pb2.HealthCheckResponse.SERVING
+    assert service.health_status("visualsearch.v1.VisualSearch") == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="visualsearch.v1.VisualSearch.SearchByImage")]
+    listed, method = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    assert {s.name for s in listed.list_services_response.service} >= {"visualsearch.v1.VisualSearch",
+                                                                        "visualsearch.v1.Catalog"}
+    assert method.HasField("file_descriptor_response"), method
+    from google.protobuf import descriptor_pb2
+
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+             for b in method.file_descriptor_response.file_descriptor_proto]
+    assert any(f.name == "visualsearch/v1/visual_search.proto" for f in files)
+
+
+def test_metrics_are_exported(service, catalog):
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'vs_requests_total{code="OK",method="SearchByImage"}' in body
+    assert "vs_triton_call_duration_seconds_bucket" in body and "vs_objects_per_image_bucket" in body
+
+
+def test_past_the_in_flight_limit_callers_get_resource_exhausted(triton, tmp_path, photos):
+    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "c.db"), tmp_path / "s.log", VS_MAX_IN_FLIGHT="1").start()
+    try:
+        image = encode(np.asarray(photos["astronaut"].pixels))
+
+        def call(_: int) -> grpc.StatusCode:
+            try:
+                svc.search.SearchByImage(pb.SearchByImageRequest(image=image), timeout=60)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(call, range(6)))
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes, codes
+    finally:
+        svc.stop()

@@ -1,0 +1,130 @@
+"""In-memory stand-ins for the Triton client and the Milvus store, for unit tests of the
+search and catalog logic only (the integration tests use the real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from services.search.errors import BackendUnavailable, InvalidInput
+from services.search.milvus_store import Hit
+from services.search.triton_client import ModelVersions, Objects
+
+DIMENSION = 4
+MODELS = ModelVersions("fake-detector", "d" * 64, "fake-embedder", "e" * 64, DIMENSION)
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.asarray(values, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def objects(*items: tuple[str, float, np.ndarray], fallback: bool = False) -> Objects:
+    """Detections: (label, score, embedding) each, boxes 10 px apart."""
+    return Objects(boxes=np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(items))], np.float32),
+                   scores=np.array([s for _, s, _ in items], np.float32), labels=[lab for lab, _, _ in items],
+                   embeddings=np.stack([e for _, _, e in items]), fallback=fallback)
+
+
+class FakeTriton:
+    """Answers for the image bytes it was told about; any other bytes are an invalid image."""
+
+    def __init__(self) -> None:
+        self.detections: dict[bytes, Objects] = {}
+        self.whole: dict[bytes, np.ndarray] = {}  # image -> embedding of the whole image / any region
+        self.down = False
+        self.gate: asyncio.Event | None = None  # when set, every call waits for it
+        self.calls: list[tuple[str, bytes, Any]] = []
+
+    async def _enter(self, what: str, image: bytes, arg: Any = None) -> None:
+        self.calls.append((what, image, arg))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise BackendUnavailable("Triton at fake is unavailable or failing: down")
+
+    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None) -> Objects:
+        await self._enter("detect", image)
+        if image not in self.detections:
+            raise InvalidInput("invalid image: image bytes are not a decodable image")
+        return self.detections[image]
+
+    async def embed_region(self, image: bytes, region: tuple | None, remaining_s: float | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        await self._enter("region", image, region)
+        if image not in self.whole:
+            raise InvalidInput("invalid image: image bytes are not a decodable image")
+        box = region or (0.0, 0.0, 100.0, 80.0)
+        return self.whole[image][None], np.asarray([box], np.float32)
+
+    async def probe(self) -> None:
+        if self.down:
+            raise BackendUnavailable("down")
+
+    async def model_versions(self) -> ModelVersions:
+        return MODELS
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeStore:
+    """Rows by primary key; search is exact inner product; filters are recorded, not applied."""
+
+    collection = "products"
+    mode = "fake"
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.dimension: int | None = None
+        self.expressions: list[str] = []
+        self.visible_waits: list[dict[str, set[str]]] = []
+        self.seals = 0
+
+    def connect(self, dimension: int) -> None:
+        self.dimension = dimension
+
+    def ping(self, dimension: int) -> None:
+        self.connect(dimension)
+
+    def disconnect(self) -> None:
+        pass
+
+    def search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Hit]]:
+        self.expressions.append(expression)
+        rows = list(self.rows.values())
+        out = []
+        for v in vectors:
+            hits = sorted((Hit(float(np.dot(v, row["vector"])), row) for row in rows), key=lambda h: -h.similarity)
+            out.append(hits[:limit])
+        return out
+
+    def image_rows(self, product_id: str, image_ids: list[str]) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows.values() if r["product_id"] == product_id and r["image_id"] in image_ids]
+
+    def replace_product(self, product_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        keys = {row["pk"] for row in rows}
+        for pk in [pk for pk, r in self.rows.items() if r["product_id"] == product_id and pk not in keys]:
+            del self.rows[pk]
+        self.rows.update({row["pk"]: dict(row) for row in rows})
+        return keys
+
+    def delete_products(self, product_ids: list[str]) -> int:
+        doomed = [pk for pk, r in self.rows.items() if r["product_id"] in product_ids]
+        for pk in doomed:
+            del self.rows[pk]
+        return len(doomed)
+
+    def seal(self) -> None:
+        self.seals += 1
+
+    def wait_visible(self, expected: dict[str, set[str]]) -> None:
+        self.visible_waits.append(expected)
+
+    def stats(self) -> dict[str, Any]:
+        return {"products": len({r["product_id"] for r in self.rows.values()}),
+                "images": len({(r["product_id"], r["image_id"]) for r in self.rows.values()}),
+                "vectors": len(self.rows), "index_type": "FLAT", "index_state": "Finished",
+                "indexed_vectors": len(self.rows)}

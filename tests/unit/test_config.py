@@ -1,0 +1,54 @@
+"""Settings: defaults, validation naming the variable, and the README table matching the code."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.api import pb
+from services.search.config import ConfigError, Settings, documented_settings
+from services.search.errors import InvalidInput
+from services.search.filters import build_expression
+from services.search.product_fields import LIMITS
+from tests.conftest import ROOT
+
+
+def test_defaults_are_valid():
+    settings = Settings.from_env({})
+    assert settings.milvus_uri == "./data/catalog.db" and settings.consistency_level == "Bounded"
+    assert settings.effective_index_params == {"M": 16, "efConstruction": 200}
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"VS_MAX_IN_FLIGHT": "many"}, "VS_MAX_IN_FLIGHT"),
+    ({"VS_MAX_IN_FLIGHT": "0"}, "VS_MAX_IN_FLIGHT='0': out of range"),
+    ({"VS_INDEX_TYPE": "ANNOY"}, "VS_INDEX_TYPE='ANNOY': must be one of"),
+    ({"VS_INDEX_PARAMS": "[1]"}, "VS_INDEX_PARAMS"),
+    ({"VS_LISTEN": "nohost"}, "VS_LISTEN"),
+    ({"VS_MAX_MESSAGE_BYTES": "1000"}, "VS_MAX_MESSAGE_BYTES must exceed"),
+    ({"VS_MILVUS_COLLECTION": "bad-name"}, "VS_MILVUS_COLLECTION"),
+])
+def test_bad_settings_name_the_variable(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    for env, _default, _help in documented_settings():
+        assert f"| `{env}` |" in readme, env
+
+
+def test_readme_documents_every_catalog_field_limit():
+    readme = (ROOT / "README.md").read_text()
+    for limit in LIMITS:
+        assert f"| {limit.field} | {limit.rule} |" in readme, limit.field
+
+
+def test_filters_escape_values_and_cannot_change_the_expression():
+    flt = pb.Filter(categories=['x" or product_id != "'], attributes={"color": pb.AttributeValues(any_of=['r"ed'])})
+    expression = build_expression(flt)
+    assert expression == ('category in ["x\\" or product_id != \\""] and '
+                          '(attributes["color"] == "r\\"ed")')
+    assert build_expression(pb.Filter()) == ""
+    with pytest.raises(InvalidInput, match="at most 64 values"):
+        build_expression(pb.Filter(categories=[str(i) for i in range(65)]))

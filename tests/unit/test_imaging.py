@@ -1,0 +1,77 @@
+"""Unit tests of the image code the Python-backend models share (decode, letterbox, NMS)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.triton_models import imaging
+from tests.payloads import png_with_declared_size
+from tools.sample_photos import encode
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(imaging.InvalidImage, match="100000x100000 = 10000000000 pixels, above the limit"):
+        imaging.decode(png_with_declared_size(100_000, 100_000), 50_000_000, 1344)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty"),
+    (b"\x00" * 100, "not a decodable image"),
+    (b"GIF89a" + b"\x00" * 200, "not"),
+])
+def test_bad_bytes_get_a_reason(payload, message):
+    with pytest.raises(imaging.InvalidImage, match=message):
+        imaging.decode(payload, 50_000_000, 1344)
+
+
+def test_unsupported_format_is_named():
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buf, format="GIF")
+    with pytest.raises(imaging.InvalidImage, match="format GIF is not supported"):
+        imaging.decode(buf.getvalue(), 50_000_000, 1344)
+
+
+def test_exif_orientation_is_applied_and_original_size_reported():
+    pixels = np.zeros((100, 300, 3), np.uint8)
+    pixels[:, :50] = 255  # a white band on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", exif=exif.tobytes())
+    decoded = imaging.decode(buf.getvalue(), 50_000_000, 1344)
+    assert (decoded.width, decoded.height) == (100, 300)
+    assert decoded.pixels.shape[:2] == (300, 100)
+    assert decoded.pixels[:50].mean() > 200 and decoded.pixels[-50:].mean() < 50  # band now on top
+
+
+def test_large_photos_are_downscaled_for_work_but_keep_original_geometry():
+    decoded = imaging.decode(encode(np.zeros((3000, 4000, 3), np.uint8)), 50_000_000, 1344)
+    assert max(decoded.pixels.shape[:2]) <= 1344
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    assert decoded.scale_x == pytest.approx(4000 / decoded.pixels.shape[1])
+
+
+def test_letterbox_maps_boxes_back_exactly():
+    pixels = np.zeros((400, 600, 3), np.uint8)
+    tensor, ratio, pad_x, pad_y = imaging.letterbox(pixels, 672)
+    assert tensor.shape == (3, 672, 672) and tensor.dtype == np.uint8
+    assert ratio == pytest.approx(672 / 600) and pad_x == 0 and pad_y == pytest.approx(112, abs=1)
+    assert tensor[:, 0, 0].tolist() == [114, 114, 114]  # padding is Ultralytics grey
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
+    keep = imaging.nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5)
+    assert keep.tolist() == [0, 2]
+
+
+def test_region_outside_the_image_is_refused():
+    decoded = imaging.decode(encode(np.zeros((100, 200, 3), np.uint8)), 50_000_000, 1344)
+    with pytest.raises(imaging.InvalidImage, match="outside the 200x100 image"):
+        imaging.region_crop(decoded, [300, 300, 400, 400], 224)
+    crops, box = imaging.region_crop(decoded, [0, 0, 0, 0], 224)
+    assert crops.shape == (1, 3, 224, 224) and box.tolist() == [[0, 0, 200, 100]]

@@ -1,0 +1,138 @@
+"""SearchByImage / BatchSearchByImage logic against fakes: grouping, thresholds, fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.api import pb
+from services.search.backends import Backends
+from services.search.errors import BackendUnavailable, InvalidInput
+from services.search.search import Search
+from tests.unit.conftest import no_deadline
+from tests.unit.fakes import FakeStore, FakeTriton, objects, unit
+
+RED, GREEN, BLUE = unit(1, 0, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 1, 0)
+
+
+def row(pid: str, image_id: str, vector: np.ndarray, k: int = 0, **attrs) -> dict:
+    return {"pk": f"{pid}|{image_id}|{k}", "product_id": pid, "image_id": image_id, "label": "cup",
+            "box": {"x_min": 0.0, "y_min": 0.0, "x_max": 1.0, "y_max": 1.0}, "vector": vector,
+            "category": attrs.get("category", ""), "price": attrs.get("price", 0.0), "title": "", "attributes": {}}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def stocked(fake_store):
+    # product A: two images, one very close to RED; product B close to RED too; C is GREEN
+    for r in (row("A", "a1", unit(1, 0.1, 0, 0)), row("A", "a2", unit(1, 0.3, 0, 0)),
+              row("B", "b1", unit(1, 0.2, 0, 0)), row("C", "c1", GREEN)):
+        fake_store.rows[r["pk"]] = r
+    return fake_store
+
+
+def test_several_images_of_one_product_collapse_into_its_best_match(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3), no_deadline))
+    (group,) = response.objects
+    assert [m.product_id for m in group.matches] == ["A", "B", "C"]
+    assert group.matches[0].image_id == "a1"  # the closer of A's two images
+    assert group.matches[0].similarity > group.matches[1].similarity > group.matches[2].similarity
+    assert response.models.embedder == "fake-embedder" and response.models.embedding_dimension == 4
+
+
+def test_top_k_counts_products_not_vectors(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=2), no_deadline))
+    assert [m.product_id for m in response.objects[0].matches] == ["A", "B"]
+
+
+def test_min_similarity_drops_weak_matches(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_similarity=0.5), no_deadline))
+    assert [m.product_id for m in response.objects[0].matches] == ["A", "B"]  # C is orthogonal
+
+
+def test_min_detection_score_and_max_objects_choose_the_objects(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.4, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.5), no_deadline))
+    assert [g.label for g in response.objects] == ["cat", "bowl"]  # best first, the 0.4 cup dropped
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=1), no_deadline))
+    assert [g.label for g in response.objects] == ["cat"]
+    assert response.objects[0].matches[0].product_id == "C"
+    assert not response.whole_image_searched
+
+
+def test_every_detection_below_the_threshold_searches_the_whole_image(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.3, BLUE))
+    fake_triton.whole[b"photo"] = RED
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.9), no_deadline))
+    assert response.whole_image_searched
+    (group,) = response.objects
+    assert group.label == "image" and group.detection_score == 0
+    assert group.matches[0].product_id == "A"
+    assert ("region", b"photo", None) in fake_triton.calls
+
+
+def test_nothing_detected_is_reported_as_a_whole_image_search(search, fake_triton, stocked):
+    fake_triton.detections[b"plain"] = objects(("image", 0.0, GREEN), fallback=True)
+    response = run(search.search(pb.SearchByImageRequest(image=b"plain"), no_deadline))
+    assert response.whole_image_searched and response.objects[0].matches[0].product_id == "C"
+
+
+def test_a_given_region_skips_detection(search, fake_triton, stocked):
+    fake_triton.whole[b"photo"] = GREEN
+    box = pb.BoundingBox(x_min=1, y_min=2, x_max=30, y_max=40)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", region=box), no_deadline))
+    assert [c[0] for c in fake_triton.calls] == ["region"] and fake_triton.calls[0][2] == (1, 2, 30, 40)
+    assert response.objects[0].label == "region" and response.objects[0].box.x_max == 30
+
+
+def test_the_filter_reaches_milvus_as_an_expression(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
+    run(search.search(pb.SearchByImageRequest(image=b"photo", filter=pb.Filter(categories=["mugs"], max_price=20)),
+                      no_deadline))
+    assert stocked.expressions[-1] == 'category in ["mugs"] and price <= 20.0'
+
+
+def test_one_bad_photo_fails_only_its_own_batch_result(search, fake_triton, stocked):
+    fake_triton.detections[b"good"] = objects(("cup", 0.9, RED))
+    request = pb.BatchSearchByImageRequest(requests=[pb.SearchByImageRequest(image=b"good"),
+                                                     pb.SearchByImageRequest(image=b"garbage"),
+                                                     pb.SearchByImageRequest(image=b"good", top_k=500)])
+    results = run(search.batch_search(request, no_deadline)).results
+    assert results[0].response.objects[0].matches[0].product_id == "A"
+    assert results[1].error.code == 3 and "not a decodable image" in results[1].error.message
+    assert results[2].error.code == 3 and "top_k must be 1..100" in results[2].error.message
+
+
+def test_a_batch_with_every_backend_call_down_is_unavailable(search, fake_triton, stocked):
+    fake_triton.down = True
+    request = pb.BatchSearchByImageRequest(requests=[pb.SearchByImageRequest(image=b"a")] * 2)
+    with pytest.raises(BackendUnavailable):
+        run(search.batch_search(request, no_deadline))
+
+
+def test_before_the_first_probe_searches_are_unavailable(settings):
+    search = Search(settings, Backends(FakeTriton(), FakeStore()))
+    with pytest.raises(BackendUnavailable, match="not connected"):
+        run(search.search(pb.SearchByImageRequest(image=b"x"), no_deadline))
+
+
+def test_an_expired_deadline_stops_before_the_backend(search, fake_triton, stocked):
+    from services.search.errors import DeadlineExceeded
+
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
+    with pytest.raises(DeadlineExceeded):
+        run(search.search(pb.SearchByImageRequest(image=b"photo"), lambda: 0.0))
+
+
+def test_invalid_requests_never_reach_a_backend(search, fake_triton):
+    with pytest.raises(InvalidInput):
+        run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=-1), no_deadline))
+    assert fake_triton.calls == []

@@ -1,0 +1,241 @@
+"""A ghz-like load generator for SearchByImage (ghz cannot be installed here).
+
+    python -m tools.loadtest --address 127.0.0.1:50051 --concurrency 8 --duration 30s \
+        [--rps 20] [--image photo.jpg] [--json out.json] [--plots out_dir]
+
+Drives the call at a fixed concurrency (closed loop) or at a fixed rate (open loop, with at
+most --concurrency calls outstanding), for --count calls or --duration, and prints ghz's
+summary: count, total, slowest, fastest, average, requests/sec, latency distribution,
+status-code and error distribution. ``--json`` writes the same figures; ``--plots`` draws a
+latency histogram and latency over time (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.api import CHANNEL_OPTIONS, pb, pb_grpc
+
+PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
+
+
+@dataclass
+class Sample:
+    start: float  # seconds since the run began
+    latency: float  # seconds
+    code: str
+    error: str = ""
+
+
+@dataclass
+class Report:
+    samples: list[Sample] = field(default_factory=list)
+    total_s: float = 0.0
+
+    def latencies_ms(self, ok_only: bool = True) -> np.ndarray:
+        return np.array([s.latency * 1000 for s in self.samples if not ok_only or s.code == "OK"])
+
+    def summary(self) -> dict:
+        lat = self.latencies_ms()
+        codes = Counter(s.code for s in self.samples)
+        errors = Counter(s.error for s in self.samples if s.error)
+        stats = {"count": len(self.samples), "total_s": round(self.total_s, 3),
+                 "rps": round(len(self.samples) / self.total_s, 2) if self.total_s else 0.0,
+                 "status_codes": dict(codes), "errors": dict(errors.most_common(20))}
+        if len(lat):
+            stats.update({"average_ms": round(float(lat.mean()), 2), "fastest_ms": round(float(lat.min()), 2),
+                          "slowest_ms": round(float(lat.max()), 2),
+                          "latency_ms": {f"p{p}": round(float(np.percentile(lat, p)), 2) for p in PERCENTILES}})
+        return stats
+
+
+def format_summary(stats: dict) -> str:
+    lines = ["Summary:", f"  Count:\t{stats['count']}", f"  Total:\t{stats['total_s']:.2f} s"]
+    if "average_ms" in stats:
+        lines += [f"  Slowest:\t{stats['slowest_ms']:.2f} ms", f"  Fastest:\t{stats['fastest_ms']:.2f} ms",
+                  f"  Average:\t{stats['average_ms']:.2f} ms"]
+    lines += [f"  Requests/sec:\t{stats['rps']:.2f}", "", "Latency distribution:"]
+    for name, value in stats.get("latency_ms", {}).items():
+        lines.append(f"  {name[1:]} % in {value:.2f} ms")
+    lines += ["", "Status code distribution:"]
+    lines += [f"  [{code}]\t{n} responses" for code, n in stats["status_codes"].items()]
+    if stats["errors"]:
+        lines += ["", "Error distribution:"] + [f"  [{n}]\t{msg}" for msg, n in stats["errors"].items()]
+    return "\n".join(lines)
+
+
+async def run(call: Callable[[], Awaitable[None]], concurrency: int, count: int | None = None,
+              duration_s: float | None = None, rps: float | None = None, warmup: int = 0) -> Report:
+    """Run ``call`` and time each invocation; ``call`` raises grpc.aio.AioRpcError on failure."""
+    if count is None and duration_s is None:
+        raise ValueError("give a count or a duration")
+    for _ in range(warmup):
+        try:
+            await call()
+        except grpc.aio.AioRpcError:
+            pass
+    report = Report()
+    begin = time.perf_counter()
+    issued = 0
+    lock = asyncio.Lock()
+
+    async def next_slot() -> float | None:
+        nonlocal issued
+        async with lock:
+            if count is not None and issued >= count:
+                return None
+            if duration_s is not None and time.perf_counter() - begin >= duration_s:
+                return None
+            slot = begin + issued / rps if rps else 0.0
+            issued += 1
+        return slot
+
+    async def worker() -> None:
+        while (slot := await next_slot()) is not None:
+            if rps:
+                await asyncio.sleep(max(0.0, slot - time.perf_counter()))
+            start = time.perf_counter()
+            try:
+                await call()
+                code, error = "OK", ""
+            except grpc.aio.AioRpcError as exc:
+                code, error = exc.code().name, f"{exc.code().name}: {exc.details()}"
+            report.samples.append(Sample(start - begin, time.perf_counter() - start, code, error))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    report.total_s = time.perf_counter() - begin
+    return report
+
+
+def plot(report: Report, out_dir: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    lat = report.latencies_ms()
+    paths = [out_dir / f"{slug}-histogram.png", out_dir / f"{slug}-over-time.png"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(lat, bins=40, color="#3572a5")
+    ax.set(xlabel="latency (ms)", ylabel="requests", title=f"{title}: latency histogram")
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ok = [s for s in report.samples if s.code == "OK"]
+    ax.scatter([s.start for s in ok], [s.latency * 1000 for s in ok], s=6, color="#3572a5", label="OK")
+    bad = [s for s in report.samples if s.code != "OK"]
+    if bad:
+        ax.scatter([s.start for s in bad], [s.latency * 1000 for s in bad], s=8, color="#c0392b", label="error")
+    ax.set(xlabel="time since start (s)", ylabel="latency (ms)", title=f"{title}: latency over time")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float) -> Callable[[], Awaitable[None]]:
+    stubs: list[pb_grpc.VisualSearchStub] = []
+
+    async def call() -> None:
+        if not stubs:  # an aio channel belongs to the loop that creates it: create it in the run's loop
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            stubs.append(pb_grpc.VisualSearchStub(channel))
+        await stubs[0].SearchByImage(request, timeout=timeout_s)
+
+    return call
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 500ms, 30s, 2m)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1, "m": 60}[unit]
+
+
+def default_image() -> bytes:
+    from tools.sample_photos import encode, load_photos, reshoot
+
+    photos = load_photos()
+    return encode(reshoot(photos["coffee"], photos["flower"].pixels, seed=7), quality=80)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default="127.0.0.1:50051")
+    parser.add_argument("--image", type=Path, help="photo to send (default: a re-shot demo photo)")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("-c", "--concurrency", type=int, default=4)
+    parser.add_argument("-n", "--count", type=int)
+    parser.add_argument("-z", "--duration", type=parse_duration)
+    parser.add_argument("--rps", type=float, help="open-loop rate; default: as fast as the concurrency allows")
+    parser.add_argument("--warmup", type=int, default=4, help="calls made before measuring")
+    parser.add_argument("--timeout", type=parse_duration, default=20.0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plots", type=Path)
+    parser.add_argument("--start-stack", type=Path, metavar="WORK_DIR",
+                        help="start Triton + the service + Milvus Lite here, import the demo catalog, stop after")
+    parser.add_argument("--write-payload", type=Path, metavar="FILE",
+                        help="only write the serialized request (ghz --binary-file) and exit")
+    args = parser.parse_args(argv)
+    if args.count is None and args.duration is None:
+        args.count = 200
+    image = args.image.read_bytes() if args.image else default_image()
+    request = pb.SearchByImageRequest(image=image, top_k=args.top_k)
+    if args.write_payload:
+        args.write_payload.parent.mkdir(parents=True, exist_ok=True)
+        args.write_payload.write_bytes(request.SerializeToString())
+        print(f"wrote {args.write_payload} ({len(image)} image bytes)")
+        return 0
+
+    def drive(address: str) -> Report:
+        async def go() -> Report:
+            return await run(search_call(address, request, args.timeout), args.concurrency, args.count,
+                             args.duration, args.rps, args.warmup)
+
+        return asyncio.run(go())
+
+    if args.start_stack:
+        from services.importer import Importer
+        from tools.demo_catalog import import_requests
+        from tools.local_stack import local_stack
+        from tools.sample_photos import load_photos
+
+        with local_stack(args.start_stack) as stack:
+            importer = Importer(stack.address)
+            try:
+                importer.stub.ImportProducts(iter(import_requests(load_photos())), timeout=600)
+            finally:
+                importer.close()
+            report = drive(stack.address)
+    else:
+        report = drive(args.address)
+    stats = report.summary()
+    print(format_summary(stats))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(stats, indent=2))
+    if args.plots:
+        for path in plot(report, args.plots, f"SearchByImage c{args.concurrency}"):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if stats["status_codes"].get("OK", 0) == stats["count"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

