@@ -2,6 +2,8 @@
 
     python -m services.importer --address 127.0.0.1:50051 --folder photos/ [--category shoes]
     python -m services.importer --address 127.0.0.1:50051 --manifest catalog.jsonl
+    python -m services.importer --address search:50051 --manifest catalog.jsonl \
+        --tls-ca ca.pem --tls-cert importer.pem --tls-key importer-key.pem     # mutual TLS
 
 Folder: every sub-folder is a product (its name is the product id, each image file an image
 whose id is the file name without extension); image files directly in the folder are
@@ -33,7 +35,8 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from services.api import CHANNEL_OPTIONS, pb, pb_grpc
+from services.api import pb, pb_grpc
+from services.channels import PLAINTEXT, ClientConfigError, ClientSecurity
 
 log = logging.getLogger("services.importer")
 
@@ -131,8 +134,9 @@ def from_manifest(manifest: Path) -> list[ProductSpec]:
 
 
 class Importer:
-    def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600) -> None:
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600,
+                 security: ClientSecurity = PLAINTEXT) -> None:
+        self.channel = security.channel(address)
         self.stub = pb_grpc.CatalogStub(self.channel)
         self.chunk, self.retries, self.timeout_s = chunk, retries, timeout_s
 
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", default="", help="category for --folder imports")
     parser.add_argument("--chunk", type=int, default=32, help="products per streaming call")
     parser.add_argument("--no-progress", action="store_true")
+    ClientSecurity.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -218,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if not products:
         print("error: nothing to import", file=sys.stderr)
         return 2
-    importer = Importer(args.address, chunk=args.chunk)
+    try:
+        importer = Importer(args.address, chunk=args.chunk, security=ClientSecurity.from_args(args))
+    except (ClientConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = importer.run(products, progress=not args.no_progress)
     except grpc.RpcError as exc:

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from services.api import CHANNEL_OPTIONS, pb
+from services.api import pb
+from services.channels import PLAINTEXT
 from services.paths import BUILD, ROOT
 from services.search import triton_client
 from services.triton_models import imaging
@@ -203,7 +204,6 @@ def sweep(make_call: Callable[[], Callable], pids: list[int], levels: tuple[int,
 
 # -- 3. import -----------------------------------------------------------------------------
 def bench_import(address: str, copies: int) -> dict:
-    import grpc
 
     from services.api import pb_grpc
 
@@ -217,7 +217,7 @@ def bench_import(address: str, copies: int) -> dict:
             clone.product.product_id = f"{req.product.product_id}-bench{k}"
             requests.append(clone)
     images = sum(len(r.images) for r in requests)
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    with PLAINTEXT.channel(address) as channel:
         stub = pb_grpc.CatalogStub(channel)
         start = time.perf_counter()
         response = stub.ImportProducts(iter(requests), timeout=1800)

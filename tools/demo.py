@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
-
-from services.api import CHANNEL_OPTIONS, pb, pb_grpc
+from services.api import pb, pb_grpc
+from services.channels import PLAINTEXT
 from services.importer import Importer, from_manifest, print_summary
 from services.paths import BUILD, ROOT
 from tools.demo_catalog import CATALOG
@@ -66,7 +65,7 @@ def print_response(title: str, response: pb.SearchByImageResponse) -> None:
 
 def run_demo_searches() -> None:
     photos = load_photos()
-    stub = pb_grpc.VisualSearchStub(grpc.insecure_channel(ADDRESS, options=CHANNEL_OPTIONS))
+    stub = pb_grpc.VisualSearchStub(PLAINTEXT.channel(ADDRESS))
     queries = [
         ("re-shot coffee cup on another background", encode(reshoot(photos["coffee"], photos["flower"].pixels, 7),
                                                              quality=70), None),

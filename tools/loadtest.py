@@ -26,7 +26,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from services.api import CHANNEL_OPTIONS, pb, pb_grpc
+from services.api import pb, pb_grpc
+from services.channels import PLAINTEXT, ClientSecurity
 
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
 
@@ -149,12 +150,13 @@ def plot(report: Report, out_dir: Path, title: str) -> list[Path]:
     return paths
 
 
-def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float) -> Callable[[], Awaitable[None]]:
+def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float,
+                security: ClientSecurity = PLAINTEXT) -> Callable[[], Awaitable[None]]:
     stubs: list[pb_grpc.VisualSearchStub] = []
 
     async def call() -> None:
         if not stubs:  # an aio channel belongs to the loop that creates it: create it in the run's loop
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = security.aio_channel(address)
             stubs.append(pb_grpc.VisualSearchStub(channel))
         await stubs[0].SearchByImage(request, timeout=timeout_s)
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="start Triton + the service + Milvus Lite here, import the demo catalog, stop after")
     parser.add_argument("--write-payload", type=Path, metavar="FILE",
                         help="only write the serialized request (ghz --binary-file) and exit")
+    ClientSecurity.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.count is None and args.duration is None:
         args.count = 200
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def drive(address: str) -> Report:
         async def go() -> Report:
-            return await run(search_call(address, request, args.timeout), args.concurrency, args.count,
+            return await run(search_call(address, request, args.timeout, ClientSecurity.from_args(args)),
+                             args.concurrency, args.count,
                              args.duration, args.rps, args.warmup)
 
         return asyncio.run(go())

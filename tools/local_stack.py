@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.channels import PLAINTEXT, ClientSecurity
 from services.paths import BUILD, ROOT
 from tools.models.repository import REPOSITORY
 from tools.triton_launcher import TritonServer
@@ -29,28 +30,30 @@ def free_port() -> int:
 
 
 def start_search_service(address: str, triton_url: str, milvus_uri: str, log_path: Path,
-                         detach: bool = False, **env: str) -> subprocess.Popen:
-    """Start ``services.search.server`` and return once its health is SERVING."""
+                         detach: bool = False, security: ClientSecurity = PLAINTEXT, **env: str) -> subprocess.Popen:
+    """Start ``services.search.server`` and return once its health is SERVING (asked over
+    ``security``: the service's port speaks TLS only when it is configured with it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "VS_TRITON_URL": triton_url, "VS_LISTEN": address, "VS_MILVUS_URI": milvus_uri,
                 "PYTHONPATH": f"{BUILD / 'gen'}:{ROOT}", **env}
     process = subprocess.Popen([sys.executable, "-m", "services.search.server"], cwd=ROOT, env=full_env,
                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=detach)
     try:
-        wait_health(address, process, health_pb2.HealthCheckResponse.SERVING, 120, log_path)
+        wait_health(address, process, health_pb2.HealthCheckResponse.SERVING, 120, log_path, security)
     except TimeoutError:
         process.kill()
         raise
     return process
 
 
-def wait_health(address: str, process: subprocess.Popen, status: int, timeout_s: float, log_path: Path) -> None:
+def wait_health(address: str, process: subprocess.Popen, status: int, timeout_s: float, log_path: Path,
+                security: ClientSecurity = PLAINTEXT) -> None:
     """Block until the service's overall health is ``status``; raise (with its log tail) if
     the process exits first or the time runs out."""
     def tail() -> str:
         return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
 
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ at the search consistency level, so searches can stay on the cheaper level.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from services.search import mapping, metrics
 from services.search import product_fields as pf
 from services.search.backends import Backends, timed
 from services.search.config import Settings
-from services.search.errors import BackendUnavailable, InvalidInput, ServiceError
+from services.search.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ServiceError
 from services.search.milvus_store import row_key
 from services.search.search import IMAGE_LABEL, REGION_LABEL
 from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE
@@ -107,6 +108,37 @@ class Catalog:
         return [status(img.image_id, out if isinstance(out, ServiceError) else None, counts.get(img.image_id, 0))
                 for img, out in zip(req.images, outcomes, strict=True)]
 
+    async def _bounded(self, requests: AsyncIterator[pb.ImportProductsRequest]
+                       ) -> AsyncIterator[pb.ImportProductsRequest]:
+        """The caller's stream, closed when it idles, lasts too long or sends too many products:
+        a client that opens a stream and trickles must not hold a slot forever."""
+        s = self.settings
+        deadline = time.monotonic() + s.import_max_duration_s
+        iterator = aiter(requests)
+        count = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                request = await asyncio.wait_for(anext(iterator), max(0.0, min(s.import_idle_timeout_s, left)))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if left <= s.import_idle_timeout_s:
+                    raise DeadlineExceeded(
+                        f"the import stream was open for {s.import_max_duration_s:.0f} s "
+                        f"(VS_IMPORT_MAX_DURATION_S) and was closed; {count} products received before were "
+                        "imported, send the rest in another call") from None
+                raise DeadlineExceeded(
+                    f"the import stream sent nothing for {s.import_idle_timeout_s:.0f} s (VS_IMPORT_IDLE_TIMEOUT_S) "
+                    f"and was closed; {count} products received before were imported, send the rest in another "
+                    "call") from None
+            count += 1
+            if count > s.import_max_products:
+                raise InvalidInput(f"at most {s.import_max_products} products per ImportProducts call "
+                                   f"(VS_IMPORT_MAX_PRODUCTS); the first {s.import_max_products} were imported, "
+                                   "send the rest in another call")
+            yield request
+
     async def import_products(self, requests: AsyncIterator[pb.ImportProductsRequest],
                               remaining: Remaining) -> pb.ImportProductsResponse:
         self.backends.ready()
@@ -114,11 +146,17 @@ class Catalog:
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
         tasks: list[asyncio.Task] = []
         written: dict[str, set[str]] = {}  # product id -> the row keys it has after this call
-        async for req in requests:
-            tasks.append(asyncio.create_task(self._import_one(req, limiter, remaining, written)))
-            # Backpressure: read further products only while few are being embedded.
-            while sum(not t.done() for t in tasks) >= 2 * self.settings.import_concurrency:
-                await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            async for req in self._bounded(requests):
+                tasks.append(asyncio.create_task(self._import_one(req, limiter, remaining, written)))
+                # Backpressure: read further products only while few are being embedded.
+                while sum(not t.done() for t in tasks) >= 2 * self.settings.import_concurrency:
+                    await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+        except ServiceError:
+            # The stream broke off: finish the products already received (each is written
+            # whole or not at all), then report the stream's error.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         response = pb.ImportProductsResponse()
         for statuses in await asyncio.gather(*tasks):
             response.items.extend(statuses)

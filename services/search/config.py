@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 INDEX_TYPES = ("HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW_SQ")
 CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+REFLECTION_MODES = ("on", "search", "off")
 
 
 def _positive(value: float) -> bool:
@@ -88,6 +89,39 @@ class Settings:
     metrics_port: int = _setting("VS_METRICS_PORT", 9464, "Prometheus /metrics port; 0 disables", int,
                                  lambda v: 0 <= v < 65536)
     log_level: str = _setting("VS_LOG_LEVEL", "INFO", "log level", choices=LOG_LEVELS)
+    # -- security (README "Security") --
+    tls_cert: str = _setting("VS_TLS_CERT", "", "server certificate chain (PEM file); with VS_TLS_KEY the port "
+                             "speaks TLS only. Re-read when the file changes")
+    tls_key: str = _setting("VS_TLS_KEY", "", "server private key (PEM file)")
+    tls_client_ca: str = _setting("VS_TLS_CLIENT_CA", "", "CA bundle (PEM file): when set, callers must present a "
+                                  "client certificate it signed (mutual TLS); the certificate names the caller")
+    auth_policy: str = _setting("VS_AUTH_POLICY", "", "callers and their roles (JSON file, e.g. a mounted Secret); "
+                                "empty = no authorization (every caller may call every method)")
+    reflection: str = _setting("VS_REFLECTION", "on", "server reflection: on, search (hides the Catalog API) or off",
+                               choices=REFLECTION_MODES)
+    health_listen: str = _setting("VS_HEALTH_LISTEN", "", "extra plaintext host:port serving only grpc.health.v1 "
+                                  "(Kubernetes gRPC probes cannot speak TLS); empty = none")
+    max_in_flight_per_caller: int = _setting("VS_MAX_IN_FLIGHT_PER_CALLER", 32,
+                                             "requests one caller (identity, or peer address without "
+                                             "authorization) may have in flight", int, _positive)
+    import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
+                                            "an ImportProducts stream that sends nothing for this long is closed",
+                                            float, _positive)
+    import_max_duration_s: float = _setting("VS_IMPORT_MAX_DURATION_S", 600.0,
+                                            "the longest an ImportProducts stream may keep sending", float, _positive)
+    import_max_products: int = _setting("VS_IMPORT_MAX_PRODUCTS", 1000, "products per ImportProducts call", int,
+                                        _positive)
+    max_connection_age_s: float = _setting("VS_MAX_CONNECTION_AGE_S", 300.0,
+                                           "connections are closed (gracefully) after this long, so clients "
+                                           "re-resolve DNS and reach new pods", float, _positive)
+    triton_tls_ca: str = _setting("VS_TRITON_TLS_CA", "", "CA bundle (PEM) to verify Triton's certificate; "
+                                  "set = TLS to Triton")
+    triton_tls_cert: str = _setting("VS_TRITON_TLS_CERT", "", "client certificate (PEM) for mutual TLS to Triton")
+    triton_tls_key: str = _setting("VS_TRITON_TLS_KEY", "", "client private key (PEM) for mutual TLS to Triton")
+    milvus_tls_ca: str = _setting("VS_MILVUS_TLS_CA", "", "CA bundle (PEM) to verify a Milvus server's certificate "
+                                  "(with an https:// VS_MILVUS_URI)")
+    milvus_tls_cert: str = _setting("VS_MILVUS_TLS_CERT", "", "client certificate (PEM) for mutual TLS to Milvus")
+    milvus_tls_key: str = _setting("VS_MILVUS_TLS_KEY", "", "client private key (PEM) for mutual TLS to Milvus")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +155,32 @@ class Settings:
             raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
         if not self.milvus_collection.replace("_", "a").isalnum():
             raise ConfigError(f"VS_MILVUS_COLLECTION={self.milvus_collection!r}: letters, digits and _ only")
+        if self.max_in_flight_per_caller > self.max_in_flight:
+            raise ConfigError("VS_MAX_IN_FLIGHT_PER_CALLER must not exceed VS_MAX_IN_FLIGHT")
+        if self.health_listen:
+            host, _, port = self.health_listen.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"VS_HEALTH_LISTEN={self.health_listen!r}: expected host:port")
+        for pair in (("VS_TLS_CERT", "VS_TLS_KEY"), ("VS_TRITON_TLS_CERT", "VS_TRITON_TLS_KEY"),
+                     ("VS_MILVUS_TLS_CERT", "VS_MILVUS_TLS_KEY")):
+            given = [env for env in pair if self._env_value(env)]
+            if len(given) == 1:
+                raise ConfigError(f"{given[0]} is set but {(set(pair) - set(given)).pop()} is not: both are needed")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("VS_TLS_CLIENT_CA needs VS_TLS_CERT and VS_TLS_KEY (mutual TLS is TLS first)")
+        for f in fields(self):
+            env = f.metadata["env"]
+            if env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY":
+                path = getattr(self, f.name)
+                if path and not os.path.isfile(path):
+                    raise ConfigError(f"{env}={path!r}: no such file")
+
+    def _env_value(self, env: str) -> Any:
+        return next(getattr(self, f.name) for f in fields(self) if f.metadata["env"] == env)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def effective_index_params(self) -> dict:

@@ -22,3 +22,21 @@ class BackendUnavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServiceError):
+    """Missing or unknown credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """A known caller without the role the method needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Overloaded(ServiceError):
+    """Past an in-flight limit: retry with backoff."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

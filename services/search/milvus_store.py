@@ -74,7 +74,7 @@ class MilvusStore:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
-                                      timeout=self.settings.milvus_timeout_s)
+                                      timeout=self.settings.milvus_timeout_s, **self._tls())
                 if not client.has_collection(self.collection, timeout=self.settings.milvus_timeout_s):
                     self._create(client)
                 self._check_schema(client)
@@ -88,6 +88,16 @@ class MilvusStore:
             self._client = client
             log.info("milvus ready", extra={"uri": uri, "collection": self.collection,
                                             "mode": self.mode})
+
+    def _tls(self) -> dict[str, Any]:
+        """pymilvus' TLS arguments: one-way with a CA, mutual with a client certificate too."""
+        s = self.settings
+        if not s.milvus_tls_ca:
+            return {}
+        if s.milvus_tls_cert:
+            return {"secure": True, "ca_pem_path": s.milvus_tls_ca, "client_pem_path": s.milvus_tls_cert,
+                    "client_key_path": s.milvus_tls_key}
+        return {"secure": True, "server_pem_path": s.milvus_tls_ca}
 
     def disconnect(self) -> None:
         with self._lock:

@@ -24,12 +24,15 @@ from prometheus_client import start_http_server
 from services import logging_setup
 from services.api import message_size_options, pb, pb_grpc
 from services.search import metrics, reflection
+from services.search.admission import Admission
+from services.search.auth import CATALOG_READ, CATALOG_WRITE, SEARCH, Guard
 from services.search.backends import Backends
 from services.search.catalog import Catalog
 from services.search.config import ConfigError, Settings
 from services.search.errors import ServiceError
 from services.search.milvus_store import MilvusStore, SchemaMismatch
 from services.search.search import Search
+from services.search.tls import server_credentials
 from services.search.triton_client import TritonClient
 
 log = logging.getLogger("services.search.server")
@@ -40,50 +43,36 @@ SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Vi
 LIVENESS_SERVICE = "liveness"
 
 
-class Admission:
-    """Bounded requests in flight; past the bound callers get RESOURCE_EXHAUSTED at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.limit:
-            return False
-        self.in_flight += 1
-        metrics.IN_FLIGHT.set(self.in_flight)
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        metrics.IN_FLIGHT.set(self.in_flight)
-
-
 def _remaining(context: grpc.aio.ServicerContext) -> Callable[[], float | None]:
     return context.time_remaining
 
 
-def handler(method: str) -> Callable:
-    """Admission control, error-to-status mapping, metrics, and a log line when an RPC fails."""
+Audit = Callable[[Any, Any], dict[str, Any]]  # (request, response or None) -> what the audit line records
+
+
+def handler(method: str, role: str, audit: Audit | None = None) -> Callable:
+    """Authentication and the method's role, admission control, error-to-status mapping,
+    metrics, a log line when an RPC fails, and an audit line for catalog writes."""
 
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
         async def run(self: VisualSearchServicer | CatalogServicer, request: Any,
                       context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            if not self.admission.try_enter():
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                metrics.REQUESTS.labels(method, code.name).inc()
-                await context.abort(code, f"server is at its limit of {self.admission.limit} requests in flight "
-                                          "(VS_MAX_IN_FLIGHT); retry with backoff")
+            code, message, caller, admitted, response = grpc.StatusCode.OK, "", None, False, None
             try:
-                return await fn(self, request, context)
+                caller = self.guard.caller(context)
+                self.guard.authorize(caller, role, method)
+                self.admission.enter(caller.name)
+                admitted = True
+                response = await fn(self, request, context)
+                return response
             except ServiceError as exc:
-                code = exc.code
+                code, message = exc.code, str(exc)
                 if code != grpc.StatusCode.INVALID_ARGUMENT:
-                    log.warning("request failed", extra={"method": method, "code": code.name, "error": str(exc)})
-                await context.abort(code, str(exc))
+                    log.warning("request failed", extra={"method": method, "code": code.name, "error": message,
+                                                         "caller": caller.name if caller else None})
+                await context.abort(code, message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -94,51 +83,92 @@ def handler(method: str) -> Callable:
                 log.exception("unexpected error", extra={"method": method})
                 await context.abort(code, "internal error; see the server log")
             finally:
-                self.admission.leave()
+                if admitted:
+                    self.admission.leave(caller.name)
                 elapsed = time.perf_counter() - start
                 metrics.REQUESTS.labels(method, code.name).inc()
                 metrics.REQUEST_SECONDS.labels(method, code.name).observe(elapsed)
+                if audit is not None:
+                    log.info("audit", extra={"audit": True, "method": method, "code": code.name,
+                                             "caller": caller.name if caller else None,
+                                             "credential": caller.how if caller else None,
+                                             "peer": context.peer(), "error": message or None,
+                                             "seconds": round(elapsed, 3), **audit(request, response)})
 
         return run
 
     return wrap
 
 
+def _import_audit(_request: Any, response: pb.ImportProductsResponse | None) -> dict[str, Any]:
+    if response is None:
+        return {}
+    return {"products": len({item.product_id for item in response.items}), "images": len(response.items),
+            "products_imported": response.products_imported, "images_failed": response.images_failed,
+            "vectors_written": response.vectors_written}
+
+
+def _delete_audit(request: pb.DeleteProductsRequest, response: pb.DeleteProductsResponse | None) -> dict[str, Any]:
+    return {"products": len(request.product_ids), "product_ids": list(request.product_ids)[:20],
+            "vectors_deleted": response.vectors_deleted if response else None}
+
+
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
-    def __init__(self, search: Search, admission: Admission) -> None:
+    def __init__(self, search: Search, admission: Admission, guard: Guard) -> None:
         self.search = search
         self.admission = admission
+        self.guard = guard
 
-    @handler("SearchByImage")
+    @handler("SearchByImage", SEARCH)
     async def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.aio.ServicerContext
                             ) -> pb.SearchByImageResponse:
         return await self.search.search(request, _remaining(context))
 
-    @handler("BatchSearchByImage")
+    @handler("BatchSearchByImage", SEARCH)
     async def BatchSearchByImage(self, request: pb.BatchSearchByImageRequest, context: grpc.aio.ServicerContext
                                  ) -> pb.BatchSearchByImageResponse:
         return await self.search.batch_search(request, _remaining(context))
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
-    def __init__(self, catalog: Catalog, admission: Admission) -> None:
+    def __init__(self, catalog: Catalog, admission: Admission, guard: Guard) -> None:
         self.catalog = catalog
         self.admission = admission
+        self.guard = guard
 
-    @handler("ImportProducts")
+    @handler("ImportProducts", CATALOG_WRITE, _import_audit)
     async def ImportProducts(self, request_iterator: Any, context: grpc.aio.ServicerContext
                              ) -> pb.ImportProductsResponse:
         return await self.catalog.import_products(request_iterator, _remaining(context))
 
-    @handler("DeleteProducts")
+    @handler("DeleteProducts", CATALOG_WRITE, _delete_audit)
     async def DeleteProducts(self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteProductsResponse:
         return await self.catalog.delete_products(request)
 
-    @handler("GetCatalogStats")
+    @handler("GetCatalogStats", CATALOG_READ)
     async def GetCatalogStats(self, request: pb.GetCatalogStatsRequest, context: grpc.aio.ServicerContext
                               ) -> pb.CatalogStats:
         return await self.catalog.stats()
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits, keepalive enforcement and a connection age."""
+    import_grace_ms = int(settings.import_max_duration_s * 1000) + 60_000
+    return [
+        *message_size_options(settings.max_message_bytes),
+        # Close connections after an age (with a grace longer than the longest import), so
+        # clients that balance per connection re-resolve DNS and reach pods added later.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", import_grace_ms),
+        ("grpc.max_connection_idle_ms", 300_000),
+        # Find dead peers; refuse clients that ping more often than every 10 s (GOAWAY after 2).
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 class SearchServer:
@@ -146,24 +176,35 @@ class SearchServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server = grpc.aio.server(options=message_size_options(settings.max_message_bytes))
-        self.backends = Backends(
-            TritonClient(settings.triton_url, settings.max_message_bytes, settings.triton_timeout_s),
-            MilvusStore(settings))
-        self.admission = Admission(settings.max_in_flight)
+        self.server = grpc.aio.server(options=server_options(settings))
+        self.backends = Backends(TritonClient.from_settings(settings), MilvusStore(settings))
+        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_per_caller)
+        self.guard = Guard(settings.auth_policy)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.stopping = False
         self._health_task: asyncio.Task | None = None
         pb_grpc.add_VisualSearchServicer_to_server(
-            VisualSearchServicer(Search(settings, self.backends), self.admission), self.server)
-        pb_grpc.add_CatalogServicer_to_server(CatalogServicer(Catalog(settings, self.backends), self.admission),
-                                              self.server)
+            VisualSearchServicer(Search(settings, self.backends), self.admission, self.guard), self.server)
+        pb_grpc.add_CatalogServicer_to_server(
+            CatalogServicer(Catalog(settings, self.backends), self.admission, self.guard), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable(self.server, [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME])
-        self.port = self.server.add_insecure_port(settings.listen)
+        advertised = {"on": SERVICE_NAMES, "search": SERVICE_NAMES[:1], "off": []}[settings.reflection]
+        if advertised:
+            reflection.enable(self.server, [*advertised, health.SERVICE_NAME, reflection.SERVICE_NAME])
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(settings.listen)
+        else:  # TLS only: a plaintext client fails its handshake
+            self.port = self.server.add_secure_port(settings.listen, credentials)
         if self.port == 0:
             raise ConfigError(f"VS_LISTEN={settings.listen!r}: cannot bind")
+        self.health_server: grpc.aio.Server | None = None
+        if settings.health_listen:
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            if self.health_server.add_insecure_port(settings.health_listen) == 0:
+                raise ConfigError(f"VS_HEALTH_LISTEN={settings.health_listen!r}: cannot bind")
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -197,7 +238,11 @@ class SearchServer:
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_health(False)
         await self.server.start()
-        log.info("listening", extra={"address": self.settings.listen, "port": self.port,
+        if self.health_server is not None:
+            await self.health_server.start()
+        log.info("listening", extra={"address": self.settings.listen, "port": self.port, "tls": self.settings.tls,
+                                     "mutual_tls": bool(self.settings.tls_client_ca),
+                                     "authorization": bool(self.settings.auth_policy),
                                      "triton": self.settings.triton_url, "milvus": self.settings.milvus_uri})
         await self.check_dependencies()
         self._health_task = asyncio.create_task(self._health_loop())
@@ -210,6 +255,8 @@ class SearchServer:
             self._health_task.cancel()
         log.info("draining", extra={"grace_s": self.settings.shutdown_grace_s, "in_flight": self.admission.in_flight})
         await self.server.stop(self.settings.shutdown_grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.backends.close()
         log.info("stopped")
 

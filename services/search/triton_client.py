@@ -23,6 +23,7 @@ from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
 from services.api import message_size_options
+from services.search.config import Settings
 from services.search.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ServiceError
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,21 @@ def map_error(exc: InferenceServerException, url: str) -> ServiceError:
 class TritonClient:
     """Async calls to the ensembles (``tritonclient.grpc.aio``), errors mapped to ours."""
 
-    def __init__(self, url: str, max_message_bytes: int, default_timeout_s: float) -> None:
+    def __init__(self, url: str, max_message_bytes: int, default_timeout_s: float, tls_ca: str = "",
+                 tls_cert: str = "", tls_key: str = "") -> None:
         self.url = url
         self.default_timeout_s = default_timeout_s
         # round_robin: with a dns:/// target over a headless Service, each call goes to the
         # next Triton pod instead of pinning one HTTP/2 connection to one pod.
         channel_args = [*message_size_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
-        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_args)
+        tls = {"ssl": True, "root_certificates": tls_ca, "private_key": tls_key or None,
+               "certificate_chain": tls_cert or None} if tls_ca else {}
+        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_args, **tls)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TritonClient:
+        return cls(settings.triton_url, settings.max_message_bytes, settings.triton_timeout_s,
+                   settings.triton_tls_ca, settings.triton_tls_cert, settings.triton_tls_key)
 
     async def close(self) -> None:
         await self._client.close()

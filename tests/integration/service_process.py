@@ -8,13 +8,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.api import CHANNEL_OPTIONS, pb, pb_grpc
+from services.api import pb, pb_grpc
+from services.channels import PLAINTEXT, ClientSecurity
 from tests.conftest import free_port
 from tools.local_stack import start_search_service, stop_process, wait_health
 
 
 class ServiceProcess:
-    def __init__(self, triton_url: str, milvus_uri: str, log_path: Path, **env: str) -> None:
+    def __init__(self, triton_url: str, milvus_uri: str, log_path: Path, security: ClientSecurity = PLAINTEXT,
+                 **env: str) -> None:
+        """``security``: how the test's own stubs (and the start-up health wait) connect."""
+        self.security = security
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
@@ -31,8 +35,8 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         """Start the service and return once its health is SERVING."""
         self.process = start_search_service(self.address, self.triton_url, self.milvus_uri, self.log_path,
-                                            **self.env)
-        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+                                            security=self.security, **self.env)
+        self.channel = self.security.channel(self.address)
         self.search = pb_grpc.VisualSearchStub(self.channel)
         self.catalog = pb_grpc.CatalogStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -45,7 +49,7 @@ class ServiceProcess:
             return None
 
     def wait_health(self, status: int, timeout_s: float) -> None:
-        wait_health(self.address, self.process, status, timeout_s, self.log_path)
+        wait_health(self.address, self.process, status, timeout_s, self.log_path, self.security)
 
     def stop(self) -> int | None:
         if self.channel:
