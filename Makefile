@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models test test-unit lint run stop triton clean loadtest loadtest-payload bench
+.PHONY: venv proto models test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -61,3 +61,7 @@ loadtest: venv proto models
 
 bench: venv proto models
 	$(PY) -m tools.bench
+
+# What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
+bench-tls: venv proto models
+	$(PY) -m tools.tls_bench

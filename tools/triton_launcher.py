@@ -114,11 +114,35 @@ def clean_stale_shm() -> list[str]:
     return removed
 
 
-def probe_inference(grpc_url: str, timeout_s: float = 30.0) -> None:
+@dataclass(frozen=True)
+class GrpcTLS:
+    """TLS on Triton's gRPC port (``--grpc-use-ssl``); mutual when ``client_ca`` is given, and
+    the certificate the launcher's own probes present then."""
+
+    cert: Path
+    key: Path
+    ca: Path  # signed ``cert``: what clients verify it with
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self) -> list[str]:
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.client_ca:
+            args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca}"]
+        return args
+
+    def client_kwargs(self) -> dict[str, object]:
+        return {"ssl": True, "root_certificates": str(self.ca),
+                "private_key": str(self.client_key) if self.client_key else None,
+                "certificate_chain": str(self.client_cert) if self.client_cert else None}
+
+
+def probe_inference(grpc_url: str, timeout_s: float = 30.0, tls: GrpcTLS | None = None) -> None:
     """Run one real ensemble inference; raises on any failure (incl. a dead stub)."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(grpc_url)
+    client = grpcclient.InferenceServerClient(grpc_url, **(tls.client_kwargs() if tls else {}))
     try:
         model, inputs = triton_client.detect_request(triton_client.PROBE_IMAGE)
         result = client.infer(model, inputs, client_timeout=timeout_s)
@@ -142,6 +166,7 @@ class TritonServer:
     bind_address: str = "127.0.0.1"
     startup_timeout_s: float = 300.0
     config_name: str = CPU_CONFIG  # "" = the canonical (GPU) config.pbtxt everywhere
+    grpc_tls: GrpcTLS | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -160,6 +185,7 @@ class TritonServer:
             "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
             "--model-control-mode=explicit", "--load-model=*",
             *([f"--model-config-name={self.config_name}"] if self.config_name else []),
+            *(self.grpc_tls.server_args() if self.grpc_tls else []),
             "--exit-timeout-secs=10", "--log-verbose=0",
             f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}-{self.grpc_port}-",
         ]
@@ -191,7 +217,7 @@ class TritonServer:
             if self.process and self.process.poll() is not None:
                 raise TritonStartError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                probe_inference(self.grpc_url, timeout_s=60)
+                probe_inference(self.grpc_url, timeout_s=60, tls=self.grpc_tls)
                 log.info("tritonserver ready: a real inference succeeded")
                 return
             except Exception as exc:  # not up yet, models loading
@@ -211,13 +237,14 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         try:
-            probe_inference(self.grpc_url, timeout_s=60)
+            probe_inference(self.grpc_url, timeout_s=60, tls=self.grpc_tls)
             return []
         except Exception as exc:
             message = str(exc)
         log.warning("probe inference failed (%s); reloading models", message)
         broken = set(STUB_FAILURE.findall(message))
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        tls = self.grpc_tls.client_kwargs() if self.grpc_tls else {}
+        client = grpcclient.InferenceServerClient(self.grpc_url, **tls)
         try:
             names = [entry.name for entry in client.get_model_repository_index().models]
             # load_model on a loaded, unchanged model is a no-op: unload first to restart its stub
@@ -228,7 +255,7 @@ class TritonServer:
                 client.load_model(name)
         finally:
             client.close()
-        probe_inference(self.grpc_url, timeout_s=60)
+        probe_inference(self.grpc_url, timeout_s=60, tls=self.grpc_tls)
         log.info("recovered: reloaded %s", targets)
         return targets
 

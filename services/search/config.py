@@ -103,7 +103,8 @@ class Settings:
                                   "(Kubernetes gRPC probes cannot speak TLS); empty = none")
     max_in_flight_per_caller: int = _setting("VS_MAX_IN_FLIGHT_PER_CALLER", 32,
                                              "requests one caller (identity, or peer address without "
-                                             "authorization) may have in flight", int, _positive)
+                                             "authorization) may have in flight; at most VS_MAX_IN_FLIGHT",
+                                             int, _positive)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",
                                             float, _positive)
@@ -124,7 +125,9 @@ class Settings:
     milvus_tls_key: str = _setting("VS_MILVUS_TLS_KEY", "", "client private key (PEM) for mutual TLS to Milvus")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, check_files: bool = True) -> Settings:
+        """``check_files=False`` validates a configuration for another machine (a rendered
+        manifest) without requiring its certificate and policy files here."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -142,10 +145,10 @@ class Settings:
                 raise ConfigError(f"{meta['env']}={raw!r}: out of range")
             values[f.name] = value
         settings = cls(**values)
-        settings.validate()
+        settings.validate(check_files)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, check_files: bool = True) -> None:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"VS_LISTEN={self.listen!r}: expected host:port")
@@ -155,8 +158,6 @@ class Settings:
             raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
         if not self.milvus_collection.replace("_", "a").isalnum():
             raise ConfigError(f"VS_MILVUS_COLLECTION={self.milvus_collection!r}: letters, digits and _ only")
-        if self.max_in_flight_per_caller > self.max_in_flight:
-            raise ConfigError("VS_MAX_IN_FLIGHT_PER_CALLER must not exceed VS_MAX_IN_FLIGHT")
         if self.health_listen:
             host, _, port = self.health_listen.rpartition(":")
             if not host or not port.isdigit():
@@ -168,7 +169,7 @@ class Settings:
                 raise ConfigError(f"{given[0]} is set but {(set(pair) - set(given)).pop()} is not: both are needed")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("VS_TLS_CLIENT_CA needs VS_TLS_CERT and VS_TLS_KEY (mutual TLS is TLS first)")
-        for f in fields(self):
+        for f in fields(self) if check_files else ():
             env = f.metadata["env"]
             if env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY":
                 path = getattr(self, f.name)

@@ -178,7 +178,8 @@ class SearchServer:
         self.settings = settings
         self.server = grpc.aio.server(options=server_options(settings))
         self.backends = Backends(TritonClient.from_settings(settings), MilvusStore(settings))
-        self.admission = Admission(settings.max_in_flight, settings.max_in_flight_per_caller)
+        self.admission = Admission(settings.max_in_flight,
+                                   min(settings.max_in_flight_per_caller, settings.max_in_flight))
         self.guard = Guard(settings.auth_policy)
         self.health = health.aio.HealthServicer()
         self.serving = False

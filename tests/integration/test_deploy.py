@@ -24,7 +24,7 @@ DEPLOY = ROOT / "deploy"
 OVERLAYS = ("gpu", "cpu")
 KUBERNETES_VERSION = "1.32.0"
 TRITON_RELEASE = "24.10"  # Triton 2.51.0, the server the tests run (nvidia-pytriton 0.7.0)
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Milvus"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Milvus", "Certificate"}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
@@ -55,7 +55,8 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(objects):
     checked = 0
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
-            assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "milvus.io/v1beta1"), obj["kind"]
+            assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "milvus.io/v1beta1", "cert-manager.io/v1"), \
+                obj["kind"]
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         checked += 1
@@ -138,18 +139,19 @@ def test_manifest_settings_ports_and_metrics_match_the_code(objects):
     known = {env for env, _, _ in documented_settings()}
     config = by_kind(objects, "ConfigMap")
     search_config = next(c for c in config if c["metadata"]["name"] == "search-config")["data"]
-    secret = next(s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "search-secrets")
     assert set(search_config) <= known, set(search_config) - known
-    assert set(secret["stringData"]) <= known
-    settings = Settings.from_env(search_config)  # the shipped configuration is valid
+    settings = Settings.from_env(search_config, check_files=False)  # the shipped configuration is valid
     grpc_port = int(settings.listen.rpartition(":")[2])
+    health_port = int(settings.health_listen.rpartition(":")[2])
 
     search = next(d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "search")
     c = search["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": grpc_port, "metrics": settings.metrics_port}
-    assert c["readinessProbe"]["grpc"] == {"port": grpc_port}
-    assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
+    assert ports == {"grpc": grpc_port, "health": health_port, "metrics": settings.metrics_port}
+    # the API port speaks TLS; kubelet's gRPC probes cannot, so they use the plaintext health port
+    assert settings.tls and settings.tls_client_ca and settings.auth_policy
+    assert c["readinessProbe"]["grpc"] == {"port": health_port}
+    assert c["livenessProbe"]["grpc"] == {"port": health_port, "service": LIVENESS_SERVICE}
     grace = search["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > settings.shutdown_grace_s + c["lifecycle"]["preStop"]["sleep"]["seconds"]
 
@@ -174,6 +176,38 @@ def test_manifest_settings_ports_and_metrics_match_the_code(objects):
     assert f'model="{DETECT_ENSEMBLE}"' in exprs
     for used in re.findall(r"\b(vs_[a-z_]+)", exprs + " ".join(series)):
         assert used in metrics.METRIC_NAMES, used
+
+
+def test_certificates_and_credentials_come_from_secrets_a_reapply_never_overwrites(objects):
+    search = next(d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "search")
+    pod = search["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    config = next(c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == "search-config")["data"]
+    certificates = {c["spec"]["secretName"]: c for c in by_kind(objects, "Certificate")}
+    # the TLS files are cert-manager's Secret, mounted where the settings point
+    tls_volume = next(name for name, secret in secrets.items() if secret in certificates)
+    for env, key in (("VS_TLS_CERT", "tls.crt"), ("VS_TLS_KEY", "tls.key"), ("VS_TLS_CLIENT_CA", "ca.crt")):
+        assert config[env] == f"{mounts[tls_volume]}/{key}", env
+    server = certificates[secrets[tls_volume]]["spec"]
+    assert "server auth" in server["usages"] and "search.visualsearch.svc" in server["dnsNames"]
+    assert server["privateKey"]["rotationPolicy"] == "Always"
+    assert any("client auth" in c["spec"]["usages"] for c in certificates.values())
+    # the policy and the Milvus token are Secrets this apply references but never renders
+    rendered = {s["metadata"]["name"] for s in by_kind(objects, "Secret")}
+    policy_volume = next(name for name, secret in secrets.items() if secret == "search-auth-policy")
+    assert config["VS_AUTH_POLICY"].startswith(mounts[policy_volume] + "/")
+    env_secrets = {ref["secretRef"]["name"] for ref in pod["containers"][0]["envFrom"] if "secretRef" in ref}
+    assert not ({"search-auth-policy", *env_secrets} & rendered)
+    readme = (DEPLOY / "README.md").read_text()
+    for name in ("search-auth-policy", *env_secrets):
+        assert f"kubectl -n visualsearch create secret generic {name}" in readme, name
+
+
+def test_triton_offers_callers_no_model_load_or_unload(objects):
+    triton = next(d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "triton")
+    args = triton["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
 
 
 def test_network_policies_admit_only_the_search_service_to_triton_and_milvus(objects):

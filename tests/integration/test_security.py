@@ -7,21 +7,27 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
+import tritonclient.grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from services import importer
-from services.api import pb, pb_grpc
+from services.api import PROTOSET, pb, pb_grpc
 from services.channels import ClientSecurity
+from services.search import triton_client
 from services.search.auth import token_digest
-from tests.certificates import CertificateAuthority, serial_of
-from tests.conftest import free_port
+from tests.conftest import REPOSITORY, ROOT, free_port
 from tests.integration.service_process import ServiceProcess
+from tools.certificates import CertificateAuthority, serial_of
 from tools.sample_photos import encode
+from tools.triton_launcher import GrpcTLS, TritonServer
 
 WEB_TOKEN = "web-frontend-token-0123456789"
 STATS_TOKEN = "stats-reader-token-9876543210"
@@ -269,3 +275,50 @@ def test_a_rotated_certificate_is_served_without_restart(tls_service, pki):
     _, catalog = stubs(tls_service, client(pki, token="stats.token"))  # and clients still verify it
     assert catalog.GetCatalogStats(pb.GetCatalogStatsRequest(), timeout=30).products == 0
     assert tls_service.process.poll() is None
+
+
+GHZ = Path(__file__).resolve().parents[3] / "shared" / "tools" / "bin" / "ghz"
+
+
+@pytest.mark.skipif(not GHZ.is_file(), reason=f"the real ghz binary is not at {GHZ} (only the project's "
+                                                "machines ship it; install ghz to run this)")
+def test_the_shipped_mtls_ghz_config_drives_the_mutual_tls_port(mtls_service, imported, pki, photos, tmp_path):
+    _, ca, issued = pki
+    payload = tmp_path / "request.bin"
+    payload.write_bytes(pb.SearchByImageRequest(image=encode(photos["cat"].pixels), top_k=3).SerializeToString())
+    config = json.loads((ROOT / "deploy" / "loadtest" / "search-mtls.json").read_text())
+    config.update({"host": mtls_service.address, "cacert": str(ca.cert), "cert": str(issued["importer"].cert),
+                   "key": str(issued["importer"].key), "cname": "localhost", "binary-file": str(payload),
+                   "protoset": str(PROTOSET), "skipFirst": 0, "concurrency": 1, "total": 4})
+    for key in ("rps", "duration", "load-schedule"):
+        config.pop(key)
+    (tmp_path / "ghz.json").write_text(json.dumps(config))
+    result = subprocess.run([str(GHZ), "--config", str(tmp_path / "ghz.json"), "--format", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["count"] == 4 and report["statusCodeDistribution"] == {"OK": 4}, report.get("errorDistribution")
+
+
+def test_the_service_reaches_triton_over_mutual_tls(pki, photos, tmp_path):
+    """Triton with --grpc-use-ssl-mutual: the service connects with VS_TRITON_TLS_* and serves."""
+    _, ca, issued = pki
+    triton_cert = ca.issue("triton", server=True, file_stem="triton")
+    service_cert = ca.issue("search-to-triton", file_stem="search-to-triton")
+    tls = GrpcTLS(triton_cert.cert, triton_cert.key, ca.cert, client_ca=ca.cert,
+                  client_cert=service_cert.cert, client_key=service_cert.key)
+    with TritonServer(REPOSITORY, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log",
+                      grpc_tls=tls) as triton:
+        plain = tritonclient.grpc.InferenceServerClient(triton.grpc_url)
+        with pytest.raises(InferenceServerException):  # Triton refuses plaintext now
+            plain.infer(*triton_client.detect_request(triton_client.PROBE_IMAGE), client_timeout=10)
+        plain.close()
+        svc = ServiceProcess(triton.grpc_url, str(tmp_path / "catalog.db"), tmp_path / "service.log",
+                             VS_TRITON_TLS_CA=str(ca.cert), VS_TRITON_TLS_CERT=str(service_cert.cert),
+                             VS_TRITON_TLS_KEY=str(service_cert.key)).start()
+        try:
+            response = svc.search.SearchByImage(pb.SearchByImageRequest(image=encode(photos["cat"].pixels)),
+                                                timeout=60)
+            assert "cat" in [group.label for group in response.objects]
+        finally:
+            svc.stop()

@@ -186,7 +186,7 @@ def test_products_past_the_per_call_cap_are_refused(settings, backends, fake_tri
     ({"VS_TLS_CLIENT_CA": "{f}"}, "VS_TLS_CLIENT_CA needs VS_TLS_CERT"),
     ({"VS_TRITON_TLS_KEY": "{f}"}, "VS_TRITON_TLS_KEY is set but VS_TRITON_TLS_CERT is not"),
     ({"VS_AUTH_POLICY": "/nonexistent.json"}, "VS_AUTH_POLICY='/nonexistent.json': no such file"),
-    ({"VS_MAX_IN_FLIGHT_PER_CALLER": "65"}, "VS_MAX_IN_FLIGHT_PER_CALLER must not exceed VS_MAX_IN_FLIGHT"),
+    ({"VS_MAX_IN_FLIGHT_PER_CALLER": "0"}, "VS_MAX_IN_FLIGHT_PER_CALLER='0': out of range"),
     ({"VS_REFLECTION": "maybe"}, "VS_REFLECTION='maybe': must be one of on, search, off"),
 ])
 def test_bad_security_settings_name_the_variable(tmp_path, env, fragment):

@@ -1,5 +1,5 @@
-"""Real X.509 certificates made at test time: a CA, a server certificate for 127.0.0.1, client
-certificates (one expired, one from another CA)."""
+"""Real X.509 certificates made on the spot for the tests and the TLS benchmark: a CA, server
+certificates for 127.0.0.1 / localhost, client certificates (expired ones too)."""
 
 from __future__ import annotations
 
