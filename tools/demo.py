@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from services.api import pb, pb_grpc
-from services.channels import PLAINTEXT
+from services.channels import PLAINTEXT, ClientSecurity
 from services.importer import Importer, from_manifest, print_summary
 from services.paths import BUILD, ROOT
+from tools.certificates import CertificateAuthority
 from tools.demo_catalog import CATALOG
 from tools.local_stack import start_search_service
 from tools.sample_photos import encode, load_photos, reshoot, side_by_side
@@ -46,9 +47,22 @@ def write_demo_catalog(folder: Path) -> Path:
     return manifest
 
 
-def start_demo_service(triton_url: str) -> None:
+def demo_pki(folder: Path) -> tuple[ClientSecurity, dict[str, str]]:
+    """A throwaway CA, a server certificate and the demo client's certificate (--secure): the
+    client's security options and the service's settings for mutual TLS with a policy."""
+    ca = CertificateAuthority(folder, "visualsearch-demo-ca")
+    server, client = ca.issue("localhost", server=True, file_stem="server"), ca.issue("demo-client")
+    policy = folder / "policy.json"
+    policy.write_text(json.dumps({"callers": [{"name": "demo-client", "certificate": "demo-client",
+                                               "roles": ["search", "catalog.write", "catalog.read"]}]}))
+    env = {"VS_TLS_CERT": str(server.cert), "VS_TLS_KEY": str(server.key), "VS_TLS_CLIENT_CA": str(ca.cert),
+           "VS_AUTH_POLICY": str(policy)}
+    return ClientSecurity(ca=str(ca.cert), cert=str(client.cert), key=str(client.key)), env
+
+
+def start_demo_service(triton_url: str, security: ClientSecurity, env: dict[str, str]) -> None:
     process = start_search_service(ADDRESS, triton_url, os.environ.get("VS_MILVUS_URI", str(DATA / "demo-catalog.db")),
-                                   RUN / "search.log", detach=True)
+                                   RUN / "search.log", detach=True, security=security, **env)
     SEARCH_PID.write_text(str(process.pid))
 
 
@@ -63,9 +77,9 @@ def print_response(title: str, response: pb.SearchByImageResponse) -> None:
                   f"[{match.product.category}, {match.product.price:g}]")
 
 
-def run_demo_searches() -> None:
+def run_demo_searches(security: ClientSecurity) -> None:
     photos = load_photos()
-    stub = pb_grpc.VisualSearchStub(PLAINTEXT.channel(ADDRESS))
+    stub = pb_grpc.VisualSearchStub(security.channel(ADDRESS))
     queries = [
         ("re-shot coffee cup on another background", encode(reshoot(photos["coffee"], photos["flower"].pixels, 7),
                                                              quality=70), None),
@@ -94,6 +108,8 @@ def stop() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stop", action="store_true", help="stop the stack started by a previous run")
+    parser.add_argument("--secure", action="store_true",
+                        help="mutual TLS and a role policy, with a throwaway CA in build/run/pki")
     args = parser.parse_args(argv)
     if args.stop:
         stop()
@@ -102,18 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     grpc_port = int(os.environ.get("VS_TRITON_GRPC_PORT", 8001))
     print("starting Triton (CPU model repository)...", flush=True)
     subprocess.run([sys.executable, "-m", "tools.triton_launcher", "start"], cwd=ROOT, check=True)
-    print("starting the search service (Milvus Lite)...", flush=True)
-    start_demo_service(f"127.0.0.1:{grpc_port}")
+    security, env = demo_pki(RUN / "pki") if args.secure else (PLAINTEXT, {})
+    print("starting the search service (Milvus Lite" + (", mutual TLS" if args.secure else "") + ")...", flush=True)
+    start_demo_service(f"127.0.0.1:{grpc_port}", security, env)
     print("importing the demo catalog...", flush=True)
     manifest = write_demo_catalog(DATA / "demo-photos")
-    importer = Importer(ADDRESS)
+    importer = Importer(ADDRESS, security=security)
     try:
         summary = importer.run(from_manifest(manifest))
     finally:
         importer.close()
     print_summary(summary)
-    run_demo_searches()
-    print(f"\nThe stack is running: SearchByImage on {ADDRESS} (reflection on: grpcurl -plaintext {ADDRESS} list),"
+    run_demo_searches(security)
+    if args.secure:
+        listing = f"grpcurl -cacert {security.ca} -cert {security.cert} -key {security.key} {ADDRESS} list"
+    else:
+        listing = f"grpcurl -plaintext {ADDRESS} list"
+    print(f"\nThe stack is running: SearchByImage on {ADDRESS} (reflection on: {listing}),"
           f"\nmetrics on :9464/metrics, logs in {RUN}. Stop it with: make stop")
     return 0 if not summary.failures else 1
 
