@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
+.PHONY: venv proto models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -32,9 +32,18 @@ models: venv
 triton: models
 	$(PY) -m tools.triton_launcher run
 
-# Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus).
-test: venv proto models
+# Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus,
+# Prometheus).
+test: venv proto models monitoring-tools
 	$(PY) -m pytest -q tests
+
+# Prometheus and promtool (Debian's package) for the monitoring tests; installed when missing
+# and running as root (CI), otherwise those tests skip and say how to install them.
+monitoring-tools:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "note: install Prometheus (apt-get install prometheus) to run the monitoring tests"; fi; }
 
 # The unit layer alone: no models, no servers.
 test-unit: venv proto

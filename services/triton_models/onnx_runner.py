@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from services.triton_models.cpu_limit import cpu_limit
 from services.triton_models.model_args import config_parameters
 
 
@@ -22,7 +23,9 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        # 0 = the container's CPU limit: onnxruntime's own default is the host's core count,
+        # which oversubscribes a pod limited to a few CPUs.
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0")) or cpu_limit()
         options.inter_op_num_threads = 1
         # Spinning threads burn the cores that the other instances and the Python pre/post
         # models need; with several instances per core, sleeping waits are faster overall.

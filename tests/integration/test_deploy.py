@@ -3,6 +3,7 @@ and against what the code really uses (ports, settings, metric names)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -18,9 +19,9 @@ from services.search.config import Settings, documented_settings
 from services.search.server import LIVENESS_SERVICE
 from services.search.triton_client import DETECT_ENSEMBLE
 from tests.conftest import ROOT
+from tests.integration.manifests import DEPLOY, by_kind, named, render
 from tools.models import repository
 
-DEPLOY = ROOT / "deploy"
 OVERLAYS = ("gpu", "cpu")
 KUBERNETES_VERSION = "1.32.0"
 TRITON_RELEASE = "24.10"  # Triton 2.51.0, the server the tests run (nvidia-pytriton 0.7.0)
@@ -28,26 +29,15 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Milvus", "Certificate"}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
-def render(overlay: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with kustomize) is needed to render deploy/overlays"
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)], check=True,
-                         capture_output=True, text=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
 @pytest.fixture(scope="module", params=OVERLAYS)
 def objects(request):
     return render(request.param)
 
 
-def by_kind(objects, kind):
-    return [o for o in objects if o["kind"] == kind]
-
-
-def containers(objects):
+def containers(objects, init: bool = False):
     for workload in (o for o in objects if o["kind"] in WORKLOADS):
-        for container in workload["spec"]["template"]["spec"]["containers"]:
+        spec = workload["spec"]["template"]["spec"]
+        for container in spec["containers"] + (spec.get("initContainers", []) if init else []):
             yield workload, container
 
 
@@ -73,7 +63,7 @@ def test_every_container_has_requests_limits_and_probes(objects):
 
 
 def test_no_container_runs_as_root_or_escalates(objects):
-    for workload, c in containers(objects):
+    for workload, c in containers(objects, init=True):
         pod = workload["spec"]["template"]["spec"]
         where = f"{workload['metadata']['name']}/{c['name']}"
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, where
@@ -84,7 +74,7 @@ def test_no_container_runs_as_root_or_escalates(objects):
 
 
 def test_image_tags_are_pinned(objects):
-    for _, c in containers(objects):
+    for _, c in containers(objects, init=True):
         image = c["image"]
         assert "@sha256:" in image or re.search(r":[\w][\w.-]*$", image.split("/")[-1]), image
         assert not image.endswith(":latest"), image
@@ -111,7 +101,9 @@ def test_gpu_overlay_puts_triton_on_gpu_nodes_with_the_canonical_repository():
     pod = triton["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]) and pod["nodeSelector"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    # D8: the GPU resource places the pod; no node label that only the GPU Operator sets
+    assert "nodeSelector" not in pod
     assert "--model-repository=/models" in c["args"]
     assert not any(a.startswith("--model-config-name") for a in c["args"])  # the canonical config.pbtxt
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
@@ -163,19 +155,27 @@ def test_manifest_settings_ports_and_metrics_match_the_code(objects):
 
     hpa_metrics = {m["pods"]["metric"]["name"] for h in by_kind(objects, "HorizontalPodAutoscaler")
                    for m in h["spec"]["metrics"] if m["type"] == "Pods"}
-    adapter = yaml.safe_load(next(c for c in config if c["metadata"]["name"] == "prometheus-adapter-visualsearch")
-                             ["data"]["config.yaml"])
-    exposed = {r["name"]["as"] for r in adapter["rules"]}
-    assert hpa_metrics <= exposed
-    series = {r["seriesQuery"].split("{")[0] for r in adapter["rules"]}
-    rules = by_kind(objects, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
-    recorded = {r["record"] for r in rules}
+    adapter = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-adapter-values.yaml").read_text())["rules"]
+    exposed = {r["name"]["as"] for r in adapter["custom"]}
+    assert hpa_metrics <= exposed and adapter["default"] is False
+    series = {r["seriesQuery"].strip("'").split("{")[0] for r in adapter["custom"]}
+    groups = by_kind(objects, "PrometheusRule")[0]["spec"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
     for name in series:
         assert name in recorded or name in metrics.METRIC_NAMES, name
     exprs = " ".join(r["expr"] for r in rules)
-    assert f'model="{DETECT_ENSEMBLE}"' in exprs
     for used in re.findall(r"\b(vs_[a-z_]+)", exprs + " ".join(series)):
-        assert used in metrics.METRIC_NAMES, used
+        assert re.sub(r"_(bucket|count|sum)$", "", used) in metrics.METRIC_NAMES, used
+    # D10: every aggregating adapter query keeps the pods apart
+    for rule in adapter["custom"]:
+        assert "by (<<.GroupBy>>)" in rule["metricsQuery"], rule["name"]["as"]
+    # D1/D17: the Triton signal is the composing models' queue time, never the ensemble's
+    # (its scheduler does not queue), and no rate is clamped
+    queue = next(r["expr"] for r in rules if r.get("record") == "triton:queue_duration_us_per_request:rate1m")
+    selector = re.search(r'nv_inference_queue_duration_us\{model=~"([^"]+)"\}', queue).group(1).split("|")
+    assert DETECT_ENSEMBLE not in selector and {"detector", "embedder"} <= set(selector)
+    assert "clamp_min" not in exprs
 
 
 def test_certificates_and_credentials_come_from_secrets_a_reapply_never_overwrites(objects):
@@ -213,10 +213,12 @@ def test_triton_offers_callers_no_model_load_or_unload(objects):
 def test_network_policies_admit_only_the_search_service_to_triton_and_milvus(objects):
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "NetworkPolicy")}
     assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
-    for name, port in (("triton", 8001), ("milvus", 19530)):
+    search = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "search"}}}
+    from_visualsearch = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "visualsearch"}}}
+    for name, port, source in (("triton", 8001, search), ("milvus", 19530, {**from_visualsearch, **search})):
         rules = [r for r in policies[name]["spec"]["ingress"] if any(p.get("port") == port for p in r.get("ports", []))]
         sources = [f for r in rules for f in r["from"]]
-        assert sources == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "search"}}}], name
+        assert sources == [source], name
     callers = policies["search"]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
     assert callers == {"visualsearch.io/search-client": "true"}
 
@@ -235,3 +237,128 @@ def test_search_image_runs_as_non_root_and_installs_pinned_requirements():
     for line in (ROOT / "requirements" / "search-image.txt").read_text().splitlines():
         if line and not line.startswith("#"):
             assert "==" in line, line
+
+
+# -- the first apply works: each test names the review finding (D1-D21) it guards -------
+
+def test_milvus_runs_in_its_own_namespace_that_its_pods_can_start_in(objects):  # D2
+    milvus = by_kind(objects, "Milvus")[0]
+    assert milvus["metadata"]["namespace"] == "milvus"
+    namespaces = {n["metadata"]["name"]: n for n in yaml.safe_load_all((DEPLOY / "namespaces.yaml").read_text())}
+    assert namespaces["visualsearch"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert namespaces["milvus"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    policies = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["namespace"] == "milvus"]
+    # its etcd / MinIO / Pulsar pods carry other labels: every pod of the namespace may talk to every other
+    assert any({"podSelector": {}} in r["from"] for p in policies for r in p["spec"].get("ingress", [])
+               if p["spec"]["podSelector"] == {})
+    sources = [f for p in policies for r in p["spec"].get("ingress", []) for f in r["from"]]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "milvus-operator"}}} in sources
+    config = named(objects, "ConfigMap", "search-config")["data"]
+    assert config["VS_MILVUS_URI"].startswith("http://milvus-milvus.milvus.svc")
+
+
+def test_no_path_leaves_milvus_without_authentication_or_with_default_credentials(objects):  # item 5
+    milvus = by_kind(objects, "Milvus")[0]["spec"]
+    assert milvus["config"]["common"]["security"]["authorizationEnabled"] is True
+    assert milvus["dependencies"]["storage"]["secretRef"] == "milvus-minio-credentials"
+    values = yaml.safe_load((DEPLOY / "milvus" / "values.yaml").read_text())
+    assert "authorizationEnabled: true" in values["extraConfigFiles"]["user.yaml"]
+    assert values["minio"]["existingSecret"] == "milvus-minio-credentials" and "accessKey" not in values["minio"]
+    rendered = yaml.safe_dump_all(objects) + yaml.safe_dump(values)
+    assert "minioadmin" not in rendered and "defaultRootPassword" not in rendered
+
+
+def test_the_helm_path_names_the_milvus_service_as_the_search_service_expects(objects):  # D6
+    values_text = (DEPLOY / "milvus" / "values.yaml").read_text()
+    values = yaml.safe_load(values_text)
+    host = named(objects, "ConfigMap", "search-config")["data"]["VS_MILVUS_URI"].split("//")[1].split(".")[0]
+    assert values["fullnameOverride"] == host
+    assert re.search(r"--version \d+\.\d+\.\d+", values_text)  # the chart is pinned
+    assert re.search(r"--version \d+\.\d+\.\d+", (DEPLOY / "README.md").read_text())
+
+
+def test_triton_gets_its_models_from_a_pinned_model_image(objects):  # D3
+    triton = named(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+    (init,) = triton["initContainers"]
+    assert init["image"].startswith("registry.example.com/visualsearch/models:")
+    target = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "models")
+    assert target in init["command"][-1]
+    volume = next(v for v in triton["volumes"] if v["name"] == "models")
+    assert "emptyDir" in volume
+    assert not by_kind(objects, "PersistentVolumeClaim")
+    dockerfile = (DEPLOY / "docker" / "models.Dockerfile").read_text()
+    assert "COPY model_repository /models" in dockerfile
+
+
+def test_no_volume_needs_read_write_many(objects):  # D4
+    for claim in by_kind(objects, "PersistentVolumeClaim"):
+        assert "ReadWriteMany" not in claim["spec"]["accessModes"], claim["metadata"]["name"]
+    gpu = named(render("gpu"), "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "emptyDir" in next(v for v in gpu["volumes"] if v["name"] == "trt-cache")
+
+
+def test_connections_have_an_age_so_clients_reach_new_pods(objects):  # D5
+    args = named(objects, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.startswith("--grpc-max-connection-age=") for a in args)
+    settings = Settings.from_env(named(objects, "ConfigMap", "search-config")["data"], check_files=False)
+    assert settings.max_connection_age_s <= 120
+
+
+def test_hpa_managed_deployments_leave_replicas_to_the_hpa(objects):  # D7
+    targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(objects, "HorizontalPodAutoscaler")}
+    for deployment in by_kind(objects, "Deployment"):
+        if deployment["metadata"]["name"] in targets:
+            assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
+
+
+def test_prometheus_operator_objects_carry_the_label_it_selects(objects):  # D9
+    for obj in by_kind(objects, "ServiceMonitor") + by_kind(objects, "PrometheusRule"):
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", obj["metadata"]["name"]
+    assert not [c for c in by_kind(objects, "ConfigMap") if "adapter" in c["metadata"]["name"]]  # D10: Helm values
+
+
+def test_a_node_drain_never_takes_every_pod_of_a_tier(objects):  # D11
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(objects, "HorizontalPodAutoscaler")}
+    for pdb in by_kind(objects, "PodDisruptionBudget"):
+        name = pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        assert hpas[name]["spec"]["minReplicas"] > pdb["spec"].get("maxUnavailable", 0), name
+
+
+def test_the_search_memory_limit_holds_its_in_flight_messages(objects):  # D14
+    settings = Settings.from_env(named(objects, "ConfigMap", "search-config")["data"], check_files=False)
+    limit = named(objects, "Deployment", "search")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    value, unit = re.fullmatch(r"(\d+)(Mi|Gi)", limit["memory"]).groups()
+    limit_bytes = int(value) * (1 << (20 if unit == "Mi" else 30))
+    assert limit_bytes >= 2 * settings.max_in_flight * settings.max_message_bytes + (512 << 20)
+    hpa = named(objects, "HorizontalPodAutoscaler", "search")
+    in_flight = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]["target"]["averageValue"]
+    assert float(in_flight) == settings.max_in_flight / 2  # scale out well before shedding load
+
+
+def test_a_reapply_or_delete_never_touches_namespaces(objects):  # D16 (and D15: no Secret with data)
+    assert not by_kind(objects, "Namespace")
+    assert not by_kind(objects, "Secret")
+
+
+def test_the_docker_build_context_leaves_the_venv_and_data_out():  # D20
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "build", ".git", "data"} <= set(ignored)
+
+
+def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
+    job_dir = tmp_path / "job"
+    shutil.copytree(DEPLOY / "loadtest" / "job", job_dir)
+    (job_dir / "search_request.bin").write_bytes(b"payload")
+    objects = render(job_dir)
+    config = json.loads(named(objects, "ConfigMap", next(c["metadata"]["name"] for c in by_kind(objects, "ConfigMap"))
+                              )["data"]["ghz.json"])
+    assert config["host"].startswith("dns:///search.visualsearch.svc") and config["lb-strategy"] == "round_robin"
+    job = by_kind(objects, "Job")[0]
+    for obj in objects:
+        if obj["kind"] != "Certificate":
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+    search_policy = named(render("cpu"), "NetworkPolicy", "search")
+    assert any(f.get("podSelector", {}).get("matchLabels") == job["spec"]["template"]["metadata"]["labels"]
+               for r in search_policy["spec"]["ingress"] for f in r["from"])

@@ -75,3 +75,22 @@ def test_region_outside_the_image_is_refused():
         imaging.region_crop(decoded, [300, 300, 400, 400], 224)
     crops, box = imaging.region_crop(decoded, [0, 0, 0, 0], 224)
     assert crops.shape == (1, 3, 224, 224) and box.tolist() == [[0, 0, 200, 100]]
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, 2 CPUs
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs -> 2 threads
+    ({"cpu.max": "max 100000\n"}, None),  # no limit
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+])
+def test_onnxruntime_threads_follow_the_containers_cpu_limit(tmp_path, files, expected):
+    import os
+
+    from services.triton_models.cpu_limit import cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    available = len(os.sched_getaffinity(0))
+    assert cpu_limit(tmp_path) == (min(expected, available) if expected else available)
