@@ -20,5 +20,5 @@ COPY services/__init__.py services/api.py services/channels.py services/paths.py
      services/importer.py /app/services/
 COPY services/search /app/services/search
 USER 10001:10001
-EXPOSE 50051 9464
+EXPOSE 50051 50052 9464
 ENTRYPOINT ["python", "-m", "services.search.server"]

@@ -161,19 +161,31 @@ def test_a_wrong_token_is_unauthenticated(mtls_service, imported, pki):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def audit_lines(service, method: str, caller: str, code: str, timeout_s: float = 5, **fields) -> list[dict]:
+    """The service's audit log lines for ``method`` by ``caller`` ending ``code`` (and holding
+    ``fields``). A refused call's line follows its status, which reaches the caller first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in service.log_path.read_text().splitlines() if '"audit": true' in line]
+        found = [line for line in lines if (line["method"], line["caller"], line["code"]) == (method, caller, code)
+                 and fields.items() <= line.items()]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_catalog_writes_leave_an_audit_line(mtls_service, imported, pki):
     _, catalog = stubs(mtls_service, client(pki, "importer"))
     assert catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["nothing-here"]), timeout=30)
     _, denied = stubs(mtls_service, client(pki, "web", "web.token"))
     with pytest.raises(grpc.RpcError):
         denied.DeleteProducts(pb.DeleteProductsRequest(product_ids=["cat"]), timeout=30)
-    lines = [json.loads(line) for line in mtls_service.log_path.read_text().splitlines() if '"audit": true' in line]
-    deletes = [line for line in lines if line["method"] == "DeleteProducts"]
-    assert {"caller": "catalog-importer", "code": "OK", "products": 1, "vectors_deleted": 0}.items() <= \
-        deletes[-2].items()
-    assert deletes[-1]["caller"] == "web-frontend" and deletes[-1]["code"] == "PERMISSION_DENIED"
-    imports = [line for line in lines if line["method"] == "ImportProducts" and line["code"] == "OK"]
-    assert imports and imports[0]["caller"] == "catalog-importer" and imports[0]["products_imported"] == 2
+    deleted = audit_lines(mtls_service, "DeleteProducts", "catalog-importer", "OK", product_ids=["nothing-here"])
+    assert deleted and {"credential": "certificate", "products": 1, "vectors_deleted": 0}.items() <= deleted[-1].items()
+    refused = audit_lines(mtls_service, "DeleteProducts", "web-frontend", "PERMISSION_DENIED", product_ids=["cat"])
+    assert refused and refused[-1]["credential"] == "token" and refused[-1]["vectors_deleted"] is None
+    imports = audit_lines(mtls_service, "ImportProducts", "catalog-importer", "OK")
+    assert imports and imports[0]["products_imported"] == 2 and imports[0]["vectors_written"] >= 2
 
 
 def test_an_idle_import_stream_is_closed_and_frees_its_slot(mtls_service, imported, pki):
