@@ -40,7 +40,7 @@ from services.channels import PLAINTEXT, ClientConfigError, ClientSecurity
 
 log = logging.getLogger("services.importer")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif"}
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MODES = {"detect": pb.EMBED_MODE_DETECT, "whole_image": pb.EMBED_MODE_WHOLE_IMAGE}
 

@@ -59,9 +59,24 @@ def box_iou(a, b) -> float:  # noqa: ANN001 - two x1, y1, x2, y2 sequences
     return inter / union if union > 0 else 0.0
 
 
-def encode(pixels: np.ndarray, fmt: str = "JPEG", quality: int = 92) -> bytes:
+def encode(pixels: np.ndarray, fmt: str = "JPEG", quality: int = 92, orientation: int = 1) -> bytes:
+    """Encoded bytes (JPEG, PNG, WEBP, HEIF or AVIF). ``orientation`` != 1 stores the pixels
+    turned the other way with that EXIF orientation, as a phone does, so a viewer that honours
+    it shows ``pixels`` upright."""
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    img = Image.fromarray(pixels)
+    options: dict = {"quality": quality} if fmt in ("JPEG", "WEBP", "HEIF", "AVIF") else {}
+    if orientation != 1:
+        img = img.transpose({6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+                             3: Image.Transpose.ROTATE_180}[orientation])
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    img.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 

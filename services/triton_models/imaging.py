@@ -10,13 +10,19 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # We enforce our own pixel budget before decoding; Pillow's global guard would raise a
 # warning-turned-error with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
+# HEIC/HEIF, the iPhone camera's default format, through libheif (Pillow reads AVIF itself).
+# libheif applies the file's rotation while decoding and resets the EXIF orientation to 1, so
+# the EXIF step below never rotates a HEIC twice.
+pillow_heif.register_heif_opener()
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+ACCEPTED = "JPEG, PNG, WebP, HEIC/HEIF or AVIF"
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)
 LETTERBOX_FILL = 114
 FALLBACK_LABEL = "image"  # label of the whole-image object when nothing is detected
@@ -42,7 +48,7 @@ class Decoded:
 
 
 def decode(data: bytes, max_pixels: int, work_side: int) -> Decoded:
-    """Decode JPEG/PNG/WebP bytes, apply EXIF orientation, keep at most ``work_side`` px a side.
+    """Decode JPEG/PNG/WebP/HEIC/AVIF bytes, apply EXIF orientation, keep at most ``work_side`` px a side.
 
     Raises InvalidImage for empty, non-image, unsupported, oversized or truncated data.
     """
@@ -52,11 +58,11 @@ def decode(data: bytes, max_pixels: int, work_side: int) -> Decoded:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InvalidImage(f"image bytes are not a decodable image ({len(data)} bytes; "
-                           "JPEG, PNG or WebP expected)") from None
+                           f"{ACCEPTED} expected)") from None
     except Exception as exc:  # Pillow raises many types on garbage headers
         raise InvalidImage(f"image header is corrupt: {exc}") from None
     if img.format not in ACCEPTED_FORMATS:
-        raise InvalidImage(f"image format {img.format} is not supported (JPEG, PNG or WebP expected)")
+        raise InvalidImage(f"image format {img.format} is not supported ({ACCEPTED} expected)")
     width, height = img.size
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has invalid dimensions {width}x{height}")

@@ -247,3 +247,14 @@ def test_past_the_in_flight_limit_callers_get_resource_exhausted(triton, tmp_pat
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes, codes
     finally:
         svc.stop()
+
+
+@pytest.mark.parametrize("fmt, orientation", [("HEIF", 6), ("AVIF", 8), ("WEBP", 1)])
+def test_phone_photo_formats_find_their_product(service, catalog, photos, fmt, orientation):
+    """An iPhone HEIC (stored sideways with an EXIF rotation), an AVIF, a WebP."""
+    shot = reshoot(photos["coffee"], photos["flower"].pixels, seed=11)
+    response = search(service, encode(shot, fmt, quality=70, orientation=orientation), top_k=3)
+    cups = [g for g in response.objects if g.label == "cup"]
+    assert cups and top_product(cups[0]) == product_for("coffee")
+    height, width = shot.shape[:2]
+    assert all(g.box.x_max <= width + 1 and g.box.y_max <= height + 1 for g in response.objects)  # upright pixels

@@ -94,3 +94,22 @@ def test_onnxruntime_threads_follow_the_containers_cpu_limit(tmp_path, files, ex
         (tmp_path / name).write_text(text)
     available = len(os.sched_getaffinity(0))
     assert cpu_limit(tmp_path) == (min(expected, available) if expected else available)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "JPEG"])
+@pytest.mark.parametrize("orientation", [1, 6, 8, 3])
+def test_phone_formats_decode_upright_whatever_their_exif_orientation(fmt, orientation):
+    from tools.sample_photos import load_photos
+
+    pixels = load_photos()["coffee"].pixels  # 600x400, a real photo
+    data = encode(pixels, fmt, quality=90, orientation=orientation)
+    decoded = imaging.decode(data, 50_000_000, 1344)
+    assert (decoded.width, decoded.height) == (600, 400)
+    assert decoded.pixels.shape == pixels.shape
+    assert np.abs(decoded.pixels.astype(int) - pixels.astype(int)).mean() < 6  # upright, not turned
+
+
+def test_a_heic_over_the_pixel_limit_is_refused_before_decoding():
+    data = encode(np.zeros((300, 400, 3), np.uint8), "HEIF")
+    with pytest.raises(imaging.InvalidImage, match="400x300 = 120000 pixels, above the limit of 100000"):
+        imaging.decode(data, 100_000, 1344)
