@@ -39,7 +39,7 @@ from services.channels import PLAINTEXT
 from services.paths import BUILD, ROOT
 from services.search import triton_client
 from services.triton_models import imaging
-from tools import loadtest
+from tools import ghz, loadtest
 from tools.demo_catalog import CATALOG, import_requests, product_for
 from tools.local_stack import local_stack
 from tools.milvus_processes import MilvusServer
@@ -203,6 +203,24 @@ def sweep(make_call: Callable[[], Callable], pids: list[int], levels: tuple[int,
 
 
 # -- 3. import -----------------------------------------------------------------------------
+def cross_check_generators(address: str, images: list[bytes], concurrency: int, count: int) -> dict:
+    """The same load (one photo, same concurrency and count) from the real ghz and from the
+    in-repo generator, one after the other: their p50 and RPS should agree within noise."""
+    request = pb.SearchByImageRequest(image=images[0], top_k=10)
+    out: dict = {"concurrency": concurrency, "count": count}
+    if ghz.find() is None:
+        out["ghz"] = None
+    else:
+        ghz.run(address, request, 1, count=2)  # warm-up
+        out["ghz"] = ghz.run(address, request, concurrency, count=count).summary()
+
+    async def builtin() -> loadtest.Report:
+        return await loadtest.run(loadtest.search_call(address, request, 120), concurrency, count, warmup=2)
+
+    out["builtin"] = asyncio.run(builtin()).summary()
+    return out
+
+
 def bench_import(address: str, copies: int) -> dict:
 
     from services.api import pb_grpc
@@ -427,6 +445,18 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
               f"{max(r['client_cores'] for r in svc.values()):.2f} cores at most (the in-process limit pays "
               "no client, no RPC and no inter-process copies).", ""]
     lines += [f"![{p.stem}]({p.parent.name}/{p.name})" for p in plots]
+    gen = data.get("generators")
+    if gen:
+        lines += ["", f"Load generators on the same load (SearchByImage, one photo, concurrency {gen['concurrency']}, "
+                  f"{gen['count']} calls each, one after the other):", "",
+                  "| generator | req/s | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
+        for name, label in (("ghz", "ghz 0.121 (real)"), ("builtin", "tools/loadtest.py")):
+            r = gen[name]
+            if r is None:
+                lines.append(f"| {label} | not found | | | |")
+            else:
+                lat = r["latency_ms"]
+                lines.append(f"| {label} | {r['rps']:.2f} | {lat['p50']:.0f} | {lat['p90']:.0f} | {lat['p99']:.0f} |")
     imp = data["import"]
     lines += ["", "## 3. Import path", "",
               f"{imp['images']} catalog images through `ImportProducts` (detect, embed, upsert into Milvus Lite): "
@@ -519,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                                              CONCURRENCY, per_level)
             plots += loadtest.plot(reports[16], plots_dir, "SearchByImage c16")
             plots.append(throughput_plot(data, plots_dir / "throughput.png"))
+            data["generators"] = cross_check_generators(stack.address, images, 4, 24 if args.quick else 64)
             log.info("3/5 import path")
             data["import"] = bench_import(stack.address, copies=1 if args.quick else 3)
         log.info("4/5 Milvus at scale")

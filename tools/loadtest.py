@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start Triton + the service + Milvus Lite here, import the demo catalog, stop after")
     parser.add_argument("--write-payload", type=Path, metavar="FILE",
                         help="only write the serialized request (ghz --binary-file) and exit")
+    parser.add_argument("--engine", choices=["auto", "ghz", "builtin"], default="auto",
+                        help="ghz (the real one: $VS_GHZ, beside the checkout, or on PATH), the in-repo "
+                             "generator, or ghz when it is found (default)")
     ClientSecurity.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.count is None and args.duration is None:
@@ -207,11 +210,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.write_payload} ({len(image)} image bytes)")
         return 0
 
+    from tools import ghz
+
+    engine = args.engine if args.engine != "auto" else ("ghz" if ghz.find() else "builtin")
+    print(f"load generator: {engine}" + (f" ({ghz.find()})" if engine == "ghz" else ""), file=sys.stderr)
+
     def drive(address: str) -> Report:
+        security = ClientSecurity.from_args(args)
+        if engine == "ghz":
+            if args.warmup:
+                ghz.run(address, request, 1, count=args.warmup, timeout_s=args.timeout, security=security)
+            return ghz.run(address, request, args.concurrency, args.count, args.duration, args.rps, args.timeout,
+                           security)
+
         async def go() -> Report:
-            return await run(search_call(address, request, args.timeout, ClientSecurity.from_args(args)),
-                             args.concurrency, args.count,
-                             args.duration, args.rps, args.warmup)
+            return await run(search_call(address, request, args.timeout, security),
+                             args.concurrency, args.count, args.duration, args.rps, args.warmup)
 
         return asyncio.run(go())
 
