@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -23,6 +23,18 @@ $(BUILD)/gen/.stamp: $(wildcard proto/visualsearch/v1/*.proto)
 	  --descriptor_set_out=$(BUILD)/visualsearch.protoset proto/visualsearch/v1/*.proto
 	touch $@
 
+# buf (the @bufbuild/buf npm package): lint, and no breaking change against the last released
+# API (proto/releases/, a buf image of proto/ at that release).
+BUF_VERSION := 1.75.0
+BUF := $(BUILD)/npm/node_modules/.bin/buf
+RELEASED_API := proto/releases/visualsearch-v1-0.1.0.binpb
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(BUILD)/npm @bufbuild/buf@$(BUF_VERSION)
+
+proto-check: $(BUF)
+	$(BUF) lint proto
+	$(BUF) breaking proto --against $(RELEASED_API)
+
 # Exports are cached in $${VS_CACHE_DIR:-~/.cache/visualsearch}; choose models with
 # VS_DETECTOR=... VS_EMBEDDER=... (built-in name or a folder with model.onnx + manifest.json).
 # Installs the chosen pair into model_repository/{detector,embedder} (the configs are in git).
@@ -34,7 +46,7 @@ triton: models
 
 # Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus,
 # Prometheus).
-test: venv proto models monitoring-tools
+test: venv proto proto-check models monitoring-tools
 	$(PY) -m pytest -q tests
 
 # Prometheus and promtool (Debian's package) for the monitoring tests; installed when missing
