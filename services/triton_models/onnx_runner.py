@@ -30,7 +30,11 @@ class TritonPythonModel:
         # Spinning threads burn the cores that the other instances and the Python pre/post
         # models need; with several instances per core, sleeping waits are faster overall.
         options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        version = os.path.join(args["model_repository"], args["model_version"])
+        # The CPU configs prefer the INT8 file `make models` writes next to the float one.
+        int8 = os.path.join(version, "model.int8.onnx")
+        use_int8 = params.get("prefer_int8") == "1" and os.path.isfile(int8)
+        path = int8 if use_int8 else os.path.join(version, "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):

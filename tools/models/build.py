@@ -26,9 +26,9 @@ from pathlib import Path
 
 from services.paths import BUILD, ROOT
 from tools.cache import default_cache
+from tools.models import calibration, quantize, repository
 from tools.models import manifest as mf
 from tools.models import prepare as prep
-from tools.models import repository
 
 log = logging.getLogger("tools.models.build")
 
@@ -147,6 +147,26 @@ def builtin_model(name: str, cache: Path) -> Path:
     return served
 
 
+def _int8_fingerprint() -> str:
+    files = [Path(__file__).with_name("quantize.py"), Path(__file__).with_name("calibration.py")]
+    return _digest(*(p.read_bytes() for p in files))[:16]
+
+
+def ensure_int8(served: Path, cache: Path) -> None:
+    """Add the CPU pods' INT8 file to a served model (once per model and quantization code)."""
+    manifest = mf.load(served)
+    entry = manifest["serving"].get("int8") or {}
+    if entry.get("code") == _int8_fingerprint() and (served / quantize.INT8_NAME).is_file():
+        return
+    try:
+        photos = calibration.fetch(cache)
+    except calibration.CalibrationUnavailable as exc:
+        log.warning("no INT8 model for %s (CPU pods serve float): %s", manifest["name"], exc)
+        return
+    manifest["serving"]["int8"] = {**quantize.quantize(served, photos), "code": _int8_fingerprint()}
+    mf.save(served, manifest)
+
+
 def _exporter_pins() -> list[str]:
     lines = EXPORT_REQUIREMENTS.read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -202,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.all_builtin:
             for name in BUILTIN:
-                install(builtin_model(name, args.cache), args.out / name)
-        repository.install("detector", resolve(args.detector, "detector", args.cache), args.repository)
-        repository.install("embedder", resolve(args.embedder, "embedder", args.cache), args.repository)
+                served = builtin_model(name, args.cache)
+                ensure_int8(served, args.cache)
+                install(served, args.out / name)
+        for role, choice in (("detector", args.detector), ("embedder", args.embedder)):
+            served = resolve(choice, role, args.cache)
+            ensure_int8(served, args.cache)
+            repository.install(role, served, args.repository)
     except (mf.ManifestError, ValueError) as exc:
         log.error("model build failed: %s", exc)
         return 1

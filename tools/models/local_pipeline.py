@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from services.triton_models import imaging
 from tools.models import manifest as mf
-from tools.models.repository import REPOSITORY, PipelineSettings, installed
+from tools.models.repository import CPU_CONFIG, INT8_NAME, REPOSITORY, PipelineSettings, installed
 
 
 @dataclass
@@ -44,15 +44,20 @@ class LocalPipeline:
         self.crop_size = self.embedder_manifest["serving"]["input"]["shape"][1]
 
     @classmethod
-    def from_repository(cls, repository: Path = REPOSITORY, **kwargs: object) -> LocalPipeline:
-        """The pair installed in the Triton repository, with its settings."""
-        return cls(installed("detector", repository), installed("embedder", repository),
+    def from_repository(cls, repository: Path = REPOSITORY, variant: str = CPU_CONFIG,
+                        **kwargs: object) -> LocalPipeline:
+        """The files the Triton repository serves in ``variant`` (CPU: INT8 where there is
+        one), with its settings."""
+        return cls(installed("detector", repository, variant), installed("embedder", repository, variant),
                    PipelineSettings.from_repository(repository), **kwargs)
 
     @classmethod
-    def with_embedder(cls, embedder_dir: Path, **kwargs: object) -> LocalPipeline:
-        """The installed detector with another served embedder folder (model.onnx + manifest.json)."""
-        return cls(installed("detector"), (Path(embedder_dir) / mf.MODEL_NAME, mf.load(embedder_dir)), **kwargs)
+    def with_embedder(cls, embedder_dir: Path, int8: bool = False, **kwargs: object) -> LocalPipeline:
+        """The installed detector with another served embedder folder (model.onnx + manifest.json),
+        both float or both INT8."""
+        embedder = Path(embedder_dir) / (INT8_NAME if int8 else mf.MODEL_NAME)
+        return cls(installed("detector", variant=CPU_CONFIG if int8 else "gpu"), (embedder, mf.load(embedder_dir)),
+                   **kwargs)
 
     def detect(self, data: bytes) -> imaging.Detections:
         s = self.settings

@@ -23,6 +23,7 @@ REPOSITORY = ROOT / "model_repository"
 CPU_CONFIG = "cpu"  # --model-config-name of the CPU variant (configs/cpu.pbtxt where a model has one)
 VARIANTS = ("gpu", CPU_CONFIG)
 ONNX_MODELS = ("detector", "embedder")
+INT8_NAME = "model.int8.onnx"  # tools.models.quantize writes it; only the CPU configs serve it
 
 
 def load_config(path: Path) -> mc.ModelConfig:
@@ -78,13 +79,21 @@ def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
                                f"{serving['output']['name']!r} differ from {role}/config.pbtxt's {expected}")
     folder = Path(repository) / role
     _replace(served / mf.MODEL_NAME, folder / "1" / mf.MODEL_NAME)
+    int8 = folder / "1" / INT8_NAME  # what the CPU configs serve when it exists
+    if (served / INT8_NAME).is_file():
+        _replace(served / INT8_NAME, int8)
+    else:
+        int8.unlink(missing_ok=True)
     _replace(served / mf.MANIFEST_NAME, folder / mf.MANIFEST_NAME)
 
 
-def installed(role: str, repository: Path = REPOSITORY) -> tuple[Path, dict]:
-    """The ONNX file and manifest of the model installed for ``role``."""
+def installed(role: str, repository: Path = REPOSITORY, variant: str = "gpu") -> tuple[Path, dict]:
+    """The ONNX file Triton serves for ``role`` in ``variant`` (the CPU configs serve the INT8
+    file when there is one) and the model's manifest."""
     folder = Path(repository) / role
-    return folder / "1" / mf.MODEL_NAME, mf.load_file(folder / mf.MANIFEST_NAME)
+    int8 = folder / "1" / INT8_NAME
+    onnx_file = int8 if variant == CPU_CONFIG and int8.is_file() else folder / "1" / mf.MODEL_NAME
+    return onnx_file, mf.load_file(folder / mf.MANIFEST_NAME)
 
 
 def _replace(src: Path, dst: Path) -> None:
@@ -99,7 +108,9 @@ def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_o
     instance counts or onnxruntime threads: how the benchmark compares CPU settings."""
     shutil.copytree(repository, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
     for role in ONNX_MODELS:
-        (dst / role / "1" / mf.MODEL_NAME).symlink_to((Path(repository) / role / "1" / mf.MODEL_NAME).resolve())
+        for name in (mf.MODEL_NAME, INT8_NAME):
+            if (Path(repository) / role / "1" / name).is_file():
+                (dst / role / "1" / name).symlink_to((Path(repository) / role / "1" / name).resolve())
     for name, cfg in configs(CPU_CONFIG, dst).items():
         if cfg.backend != "python":
             continue

@@ -1,0 +1,63 @@
+"""The INT8 models the CPU configs serve: the same objects as float on the test photos, nearly
+the same embeddings, and really served by Triton's CPU variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.conftest import REPOSITORY
+from tests.integration.triton_calls import detect_and_embed
+from tools.models import manifest as mf
+from tools.models import repository
+from tools.models.local_pipeline import LocalPipeline
+from tools.sample_photos import box_iou, encode
+
+LABELLED = ("coffee", "motorcycle_left", "motorcycle_right", "cat", "astronaut")
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    if not (REPOSITORY / "detector" / "1" / repository.INT8_NAME).is_file():
+        pytest.fail("no INT8 model installed: `make models` writes it (it needs apt-get download mate-backgrounds)")
+    return LocalPipeline.from_repository(variant="gpu"), LocalPipeline.from_repository(variant="cpu")
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_int8_detector_finds_the_same_objects_as_float(pipelines, photos, name):
+    floating, int8 = pipelines
+    data = encode(photos[name].pixels)
+    expected, got = floating.detect(data), int8.detect(data)
+    confident = [i for i, s in enumerate(expected.scores) if s >= 0.5]
+    assert confident
+    for i in confident:
+        same_class = [j for j, c in enumerate(got.class_ids) if c == expected.class_ids[i]]
+        assert same_class, (name, expected.class_ids[i])
+        assert max(box_iou(got.boxes[j], expected.boxes[i]) for j in same_class) >= 0.9, name
+
+
+def test_int8_embeddings_stay_close_to_float(pipelines, photos):
+    floating, int8 = pipelines
+    crops = np.concatenate([floating.detect(encode(photos[name].pixels)).crops for name in LABELLED])
+    cosine = (floating.embed(crops) * int8.embed(crops)).sum(axis=1)
+    assert cosine.min() > 0.98, cosine
+
+
+def test_the_manifests_record_how_each_int8_file_was_made():
+    for role in repository.ONNX_MODELS:
+        onnx_file, manifest = repository.installed(role, variant="cpu")
+        entry = manifest["serving"]["int8"]
+        assert onnx_file.name == repository.INT8_NAME == entry["file"]
+        assert entry["onnx_sha256"] == mf.sha256_file(onnx_file)
+        assert entry["float_nodes"] > 0 and entry["calibration"]["photos"] >= 10
+        assert "mate-backgrounds" in entry["calibration"]["source"]
+
+
+def test_triton_cpu_variant_serves_the_int8_files(triton, pipelines, photos):
+    floating, int8 = pipelines
+    data = encode(photos["cat"].pixels)
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        served = detect_and_embed(client, data)["EMBEDDINGS"]
+    np.testing.assert_allclose(served, int8.detect_and_embed(data).embeddings, atol=2e-4)
+    assert np.abs(served - floating.detect_and_embed(data).embeddings).max() > 1e-3

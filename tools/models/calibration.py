@@ -1,0 +1,71 @@
+"""Calibration photos for INT8 quantization: real photos that no test or evaluation uses.
+
+The nature photos (and one of elephants) of Debian's `mate-backgrounds` package (GPL-2+),
+fetched with `apt-get download` into the cache at build time, never committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.triton_models import imaging
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "mate-backgrounds"
+LICENSE = "GPL-2+ (Debian package mate-backgrounds)"
+PHOTOS = "usr/share/backgrounds/mate/nature/*.jpg"
+EXTRA = "usr/share/backgrounds/mate/abstract/Elephants.jpg"
+
+
+class CalibrationUnavailable(RuntimeError):
+    """The calibration photos cannot be fetched here (no apt-get, no package lists)."""
+
+
+def fetch(cache: Path) -> list[Path]:
+    """The calibration photos, downloaded and unpacked into ``cache`` once."""
+    folder = cache / "calibration" / PACKAGE
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["apt-get", "download", PACKAGE], cwd=folder, check=True, capture_output=True)
+            deb = next(folder.glob(f"{PACKAGE}_*.deb"))
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(folder / "root")], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+            failed = isinstance(exc, subprocess.CalledProcessError)
+            detail = exc.stderr.decode(errors="replace")[-300:] if failed else exc
+            raise CalibrationUnavailable(f"cannot fetch {PACKAGE} with apt-get download: {detail}") from None
+        deb.unlink()
+        (folder / ".complete").touch()
+    photos = sorted((folder / "root").glob(PHOTOS)) + [folder / "root" / EXTRA]
+    return [p for p in photos if p.is_file()]
+
+
+def _pixels(path: Path, side: int = 1344) -> np.ndarray:
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def detector_inputs(photos: list[Path], size: int) -> list[np.ndarray]:
+    """Letterboxed photos, as the preprocess model feeds the detector (1x3xSxS uint8)."""
+    return [imaging.letterbox(_pixels(p), size)[0][None] for p in photos]
+
+
+def embedder_inputs(photos: list[Path], size: int, per_photo: int = 6, seed: int = 0) -> list[np.ndarray]:
+    """Random crops (object-sized and larger), as the postprocess model feeds the embedder."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for path in photos:
+        pixels = _pixels(path)
+        h, w = pixels.shape[:2]
+        for _ in range(per_photo):
+            cw, ch = int(w * rng.uniform(0.15, 0.9)), int(h * rng.uniform(0.15, 0.9))
+            x, y = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
+            batches.append(imaging.crop_resize(pixels, np.array([[x, y, x + cw, y + ch]], np.float32), size))
+    return batches
