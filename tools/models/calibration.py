@@ -7,6 +7,7 @@ fetched with `apt-get download` into the cache at build time, never committed.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def fetch(cache: Path) -> list[Path]:
     if not (folder / ".complete").exists():
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            subprocess.run(["apt-get", "download", PACKAGE], cwd=folder, check=True, capture_output=True)
+            _download(folder)
             deb = next(folder.glob(f"{PACKAGE}_*.deb"))
             subprocess.run(["dpkg-deb", "-x", str(deb), str(folder / "root")], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
@@ -44,6 +45,17 @@ def fetch(cache: Path) -> list[Path]:
         (folder / ".complete").touch()
     photos = sorted((folder / "root").glob(PHOTOS)) + [folder / "root" / EXTRA]
     return [p for p in photos if p.is_file()]
+
+
+def _download(folder: Path) -> None:
+    """`apt-get download`; on a machine whose package lists were never fetched, fetch them
+    first (as root) and try again."""
+    command = ["apt-get", "download", PACKAGE]
+    if subprocess.run(command, cwd=folder, capture_output=True).returncode == 0:
+        return
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+    subprocess.run(command, cwd=folder, check=True, capture_output=True)
 
 
 def _pixels(path: Path, side: int = 1344) -> np.ndarray:
