@@ -41,7 +41,12 @@ class Catalog:
         if image.mode == pb.EMBED_MODE_DETECT:
             found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
                                 triton.detect_and_embed(image.content, remaining()), remaining())
-            return found.embeddings, found.boxes, found.labels
+            # every detected object, and the image as a whole (stored for every catalog image,
+            # so a product is found even when the shopper's photo is detected differently)
+            return (np.concatenate([found.embeddings.reshape(-1, found.whole_embedding.shape[-1]),
+                                    found.whole_embedding[None]]),
+                    np.concatenate([found.boxes.reshape(-1, 4), found.whole_box[None]]),
+                    [*found.labels, IMAGE_LABEL])
         if image.mode == pb.EMBED_MODE_REGION:
             if not image.HasField("region"):
                 raise InvalidInput(f"image {image.image_id!r}: mode REGION needs a region")

@@ -9,6 +9,8 @@ from services.search.errors import ServiceError
 from services.search.milvus_store import Hit
 from services.search.triton_client import ModelVersions
 
+WHOLE_IMAGE_LABEL = "image"  # label of a photo's (and a catalog image's) whole-image vector
+
 
 def box(values: Any) -> pb.BoundingBox:
     x1, y1, x2, y2 = (float(v) for v in values)
@@ -26,7 +28,8 @@ def match(hit: Hit) -> pb.Match:
     product = pb.Product(product_id=f["product_id"], category=f["category"], price=f["price"], title=f["title"],
                          attributes={k: str(v) for k, v in (f["attributes"] or {}).items()})
     return pb.Match(product_id=f["product_id"], image_id=f["image_id"], similarity=hit.similarity,
-                    product=product, catalog_box=pb.BoundingBox(**f["box"]))
+                    product=product, catalog_box=pb.BoundingBox(**f["box"]),
+                    whole_image=f["label"] == WHOLE_IMAGE_LABEL)
 
 
 def model_info(models: ModelVersions) -> pb.ModelInfo:

@@ -18,10 +18,10 @@ from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE
 from services.search.validation import SearchQuery, check_batch, check_search
 
 REGION_LABEL = "region"  # label of a caller-given region
-IMAGE_LABEL = "image"  # label of the whole image searched as one object
+IMAGE_LABEL = mapping.WHOLE_IMAGE_LABEL
 
 Remaining = Callable[[], float | None]
-SearchedObject = tuple[np.ndarray, str, float]  # box, label, detection score
+SearchedObject = tuple[np.ndarray, str, float, bool]  # box, label, detection score, whole photo
 
 
 def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
@@ -50,21 +50,23 @@ class Search:
 
     async def _objects(self, query: SearchQuery, remaining: Remaining
                        ) -> tuple[np.ndarray, list[SearchedObject], bool]:
-        """Embeddings of the objects to search, the objects, and whether it is the whole image."""
+        """Embeddings of what to search (the kept objects, then the whole photo unless the
+        caller skips it) with their groups, and whether no object was kept."""
         if query.region is not None:
-            embeddings, boxes = await self._embed_region(query, query.region, remaining)
-            return embeddings, [(boxes[0], REGION_LABEL, 0.0)], False
+            embeddings, boxes = await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
+                                            self.backends.triton.embed_region(query.image, query.region, remaining()),
+                                            remaining())
+            return embeddings, [(boxes[0], REGION_LABEL, 0.0, False)], False
         found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
                             self.backends.triton.detect_and_embed(query.image, remaining()), remaining())
-        keep = [i for i in range(len(found.labels))
-                if found.fallback or found.scores[i] >= query.min_detection_score]
+        keep = [i for i in range(len(found.labels)) if found.scores[i] >= query.min_detection_score]
         keep = sorted(keep, key=lambda i: -found.scores[i])[: query.max_objects or None]
-        if keep:
-            objects = [(found.boxes[i], found.labels[i], float(found.scores[i])) for i in keep]
-            return found.embeddings[keep], objects, found.fallback
-        # every detection was below the caller's threshold: search the whole image
-        embeddings, boxes = await self._embed_region(query, None, remaining)
-        return embeddings, [(boxes[0], IMAGE_LABEL, 0.0)], True
+        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False) for i in keep]
+        vectors = [found.embeddings[i] for i in keep]
+        if not keep or not query.skip_whole_image:
+            objects.append((found.whole_box, IMAGE_LABEL, 0.0, True))
+            vectors.append(found.whole_embedding)
+        return np.stack(vectors), objects, not keep
 
     async def search(self, req: pb.SearchByImageRequest, remaining: Remaining) -> pb.SearchByImageResponse:
         models = self.backends.ready()
@@ -77,9 +79,10 @@ class Search:
                               query.expression),
             remaining())
         response = pb.SearchByImageResponse(whole_image_searched=whole_image, models=mapping.model_info(models))
-        for (box, label, score), object_hits in zip(objects, hits, strict=True):
-            group = response.objects.add(box=mapping.box(box), label=label, detection_score=score)
+        for (box, label, score, whole), object_hits in zip(objects, hits, strict=True):
+            group = response.objects.add(box=mapping.box(box), label=label, detection_score=score, whole_image=whole)
             group.matches.extend(collapse(object_hits, query.top_k, query.min_similarity))
+        response.products.extend(collapse([h for group in hits for h in group], query.top_k, query.min_similarity))
         return response
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest, remaining: Remaining

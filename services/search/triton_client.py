@@ -29,7 +29,8 @@ from services.search.errors import BackendUnavailable, DeadlineExceeded, Invalid
 log = logging.getLogger(__name__)
 
 # Ensembles and models the service calls (model_repository/<name>/config.pbtxt).
-DETECT_ENSEMBLE = "detect_and_embed"  # IMAGE [1,1] -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK
+# IMAGE [1,1] -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK; the last row is the whole image
+DETECT_ENSEMBLE = "detect_and_embed"
 REGION_ENSEMBLE = "embed_region"  # IMAGE [1] + REGION [4] -> EMBEDDINGS [1,D], BOXES [1,4]
 MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER: the served models' manifests as JSON
 # Tensors.
@@ -56,11 +57,12 @@ PROBE_IMAGE = _tiny_png()  # readiness: a real inference (a model can report rea
 
 @dataclass
 class Objects:
-    boxes: np.ndarray  # Kx4 original pixels
+    boxes: np.ndarray  # Kx4 original pixels (K may be 0)
     scores: np.ndarray  # K
     labels: list[str]
     embeddings: np.ndarray  # KxD, unit length
-    fallback: bool  # nothing detected: the one object is the whole image
+    whole_box: np.ndarray  # 4: the whole image in original pixels
+    whole_embedding: np.ndarray  # D: the whole image's vector
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ def region_request(image: bytes, region: tuple[float, float, float, float] | Non
 
 
 def objects_from(result: InferResult) -> Objects:
-    return Objects(result.as_numpy(BOXES), result.as_numpy(SCORES),
-                   [label.decode() for label in result.as_numpy(LABELS)],
-                   result.as_numpy(EMBEDDINGS), bool(result.as_numpy(FALLBACK)[0]))
+    """The detected objects and, apart, the whole image (the ensemble's last row)."""
+    boxes, scores, embeddings = result.as_numpy(BOXES), result.as_numpy(SCORES), result.as_numpy(EMBEDDINGS)
+    labels = [label.decode() for label in result.as_numpy(LABELS)]
+    return Objects(boxes[:-1], scores[:-1], labels[:-1], embeddings[:-1], boxes[-1], embeddings[-1])
 
 
 def region_from(result: InferResult) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,7 @@ class SearchQuery:
     max_objects: int  # 0 = all
     min_detection_score: float
     min_similarity: float
+    skip_whole_image: bool = False
 
 
 def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuery:
@@ -63,7 +64,7 @@ def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuer
     expression = build_expression(req.filter)
     region = check_region(req.region, "region") if req.HasField("region") else None
     return SearchQuery(req.image, top_k, region, expression, req.max_objects, req.min_detection_score,
-                       req.min_similarity)
+                       req.min_similarity, req.skip_whole_image)
 
 
 def check_batch(req: pb.BatchSearchByImageRequest, settings: Settings) -> None:

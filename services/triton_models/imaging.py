@@ -170,7 +170,7 @@ class Detections:
     scores: np.ndarray  # K
     class_ids: np.ndarray  # K, -1 for the whole-image fallback
     crops: np.ndarray  # Kx3xSxS uint8 RGB, the embedder's input
-    fallback: bool  # nothing detected: the single object is the whole image
+    fallback: bool  # nothing detected: the whole image (always the last row) is the only row
 
 
 def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +184,11 @@ def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.
 def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
                             score_threshold: float, iou_threshold: float, max_objects: int,
                             crop_size: int) -> Detections:
-    """YOLO output for one image -> boxes in original pixels and embedder crops."""
+    """YOLO output for one image -> boxes in original pixels and embedder crops.
+
+    The last row is always the whole image (class -1, score 0): every photo is also searched
+    and stored as a whole, so a product is found even when the two photos' detections differ.
+    ``fallback`` says that it is the only row (nothing was detected)."""
     ratio, pad_x, pad_y, scale_x, scale_y, width, height = geometry.tolist()
     boxes, scores, classes = detect(raw, num_classes, score_threshold, iou_threshold, max_objects)
     h, w = pixels.shape[:2]
@@ -193,10 +197,9 @@ def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.nd
     valid = ((work[:, 2] - work[:, 0]) >= 2) & ((work[:, 3] - work[:, 1]) >= 2)
     work, scores, classes = work[valid], scores[valid], classes[valid]
     fallback = len(work) == 0
-    if fallback:
-        work = np.array([[0, 0, w, h]], np.float32)
-        scores = np.zeros((1,), np.float32)
-        classes = np.full((1,), -1, np.int32)
+    work = np.concatenate([work.reshape(-1, 4), np.array([[0, 0, w, h]], np.float32)])
+    scores = np.concatenate([scores, np.zeros((1,), np.float32)])
+    classes = np.concatenate([classes, np.full((1,), -1, np.int32)])
     original = work * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
     original = np.clip(original, 0, [width, height, width, height]).astype(np.float32)
     return Detections(original, scores.astype(np.float32), classes.astype(np.int32),

@@ -78,6 +78,8 @@ def test_left_motorcycle_is_nearest_to_the_right_motorcycle(results):
         for j, emb in enumerate(result["EMBEDDINGS"]):
             if name == "motorcycle_left" or (name == "motorcycle_right" and j == best(right, "motorcycle")):
                 continue
+            if result["LABELS"][j] == "image":  # whole photos are not objects
+                continue
             others.append((float(query @ emb), name, result["LABELS"][j]))
     assert others, "no other objects to compare with"
     assert target_sim > max(others)[0], (target_sim, sorted(others)[-3:])
@@ -93,6 +95,13 @@ def test_ensemble_equals_in_process_onnxruntime(results, photos):
         np.testing.assert_allclose(got["SCORES"], expected.scores, atol=1e-3)
         np.testing.assert_allclose(got["EMBEDDINGS"], expected.embeddings, atol=2e-4)
         assert bool(got["FALLBACK"][0]) == expected.fallback
+
+
+def test_the_whole_photo_is_always_the_last_row(results, photos):
+    for name, result in results.items():
+        assert result["LABELS"][-1] == "image" and result["SCORES"][-1] == 0
+        height, width = photos[name].pixels.shape[:2]
+        np.testing.assert_allclose(result["BOXES"][-1], [0, 0, width, height], atol=0.5)
 
 
 def test_no_detectable_object_returns_the_whole_image_fallback(client):

@@ -73,7 +73,7 @@ def test_every_batching_model_has_dynamic_batching_and_room_for_all_crops():
             if cfg.max_batch_size > 0:
                 assert cfg.HasField("dynamic_batching"), (variant, name)
         max_objects = int(repository.parameter(cfgs["postprocess"], "max_objects"))
-        assert cfgs["embedder"].max_batch_size >= max_objects
+        assert cfgs["embedder"].max_batch_size >= max_objects + 1  # every object and the whole image
 
 
 def test_ensemble_steps_reference_real_tensors_and_the_client_contract():

@@ -111,9 +111,31 @@ def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, 
     full = search(service, encode(photos["coffee"].pixels))
     assert len(full.objects) >= 2
     capped = search(service, encode(photos["coffee"].pixels), max_objects=1)
-    assert len(capped.objects) == 1 and capped.objects[0].label == full.objects[0].label
+    assert [g.label for g in capped.objects] == [full.objects[0].label, "image"]  # + the whole photo
     strict = search(service, encode(photos["coffee"].pixels), min_detection_score=0.99)
-    assert strict.whole_image_searched and strict.objects[0].label == "image"
+    assert strict.whole_image_searched and [g.label for g in strict.objects] == ["image"]
+
+
+def test_every_search_also_searches_the_whole_photo_and_merges_one_list(service, catalog, photos):
+    photo = side_by_side(photos["cat"].pixels, photos["coffee"].pixels)
+    response = search(service, encode(photo), top_k=3)
+    whole = [g for g in response.objects if g.whole_image]
+    assert len(whole) == 1 and response.objects[-1].whole_image and whole[0].label == "image"
+    assert whole[0].box.x_max == pytest.approx(photo.shape[1], abs=1) and not response.whole_image_searched
+    merged = [m.product_id for m in response.products]
+    assert len(merged) == len(set(merged)) <= 3 and {"cat-001", "mug-001"} <= set(merged)
+    assert [m.similarity for m in response.products] == sorted((m.similarity for m in response.products),
+                                                               reverse=True)
+    skipped = search(service, encode(photo), top_k=3, skip_whole_image=True)
+    assert not any(g.whole_image for g in skipped.objects)
+
+
+def test_catalog_images_are_stored_whole_besides_their_objects(service, catalog, photos):
+    # the coffee photo has detected objects (cup, spoon, ...) and is also stored as a whole
+    response = search(service, encode(photos["coffee"].pixels), top_k=1)
+    assert any(not g.whole_image for g in response.objects) and response.objects[-1].whole_image
+    best = response.objects[-1].matches[0]
+    assert best.product_id == "mug-001" and best.whole_image and best.similarity > 0.99
 
 
 def test_reimporting_a_product_does_not_duplicate_it(service, catalog, photos):

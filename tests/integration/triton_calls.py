@@ -1,5 +1,6 @@
 """Synchronous calls of the ensembles for tests of the inference tier (the requests come
-from the service's own Triton contract module)."""
+from the service's own Triton contract module; the outputs are returned as Triton sends
+them, the whole image as the last row)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from services.search import triton_client as tc
 
 
 def detect_and_embed(client: grpcclient.InferenceServerClient, data: bytes) -> dict[str, np.ndarray]:
-    found = tc.objects_from(client.infer(*tc.detect_request(data)))
-    return {tc.BOXES: found.boxes, tc.SCORES: found.scores, tc.LABELS: found.labels,
-            tc.EMBEDDINGS: found.embeddings, tc.FALLBACK: np.array([found.fallback])}
+    result = client.infer(*tc.detect_request(data))
+    out = {name: result.as_numpy(name) for name in tc.DETECT_OUTPUTS}
+    out[tc.LABELS] = [label.decode() for label in out[tc.LABELS]]
+    return out
 
 
 def embed_region(client: grpcclient.InferenceServerClient, data: bytes, region) -> dict[str, np.ndarray]:

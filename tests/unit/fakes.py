@@ -21,11 +21,15 @@ def unit(*values: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def objects(*items: tuple[str, float, np.ndarray], fallback: bool = False) -> Objects:
-    """Detections: (label, score, embedding) each, boxes 10 px apart."""
-    return Objects(boxes=np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(items))], np.float32),
+WHOLE = np.array([0, 0, 0, 1], np.float32)  # the whole photo's vector unless a test says otherwise
+
+
+def objects(*items: tuple[str, float, np.ndarray], whole: np.ndarray = WHOLE) -> Objects:
+    """Detections: (label, score, embedding) each, boxes 10 px apart; and the whole photo."""
+    return Objects(boxes=np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(items))], np.float32).reshape(-1, 4),
                    scores=np.array([s for _, s, _ in items], np.float32), labels=[lab for lab, _, _ in items],
-                   embeddings=np.stack([e for _, _, e in items]), fallback=fallback)
+                   embeddings=np.array([e for _, _, e in items], np.float32).reshape(-1, DIMENSION),
+                   whole_box=np.array([0, 0, 100, 80], np.float32), whole_embedding=whole)
 
 
 class FakeTriton:

@@ -36,12 +36,14 @@ def do_import(catalog, *requests):
 def test_import_stores_one_row_per_object_with_the_product_attributes(catalog, fake_triton, fake_store):
     fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED), ("spoon", 0.6, GREEN))
     response = do_import(catalog, product("P", "i1"))
-    assert (response.products_imported, response.vectors_written, response.images_failed) == (1, 2, 0)
-    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1"]
+    assert (response.products_imported, response.vectors_written, response.images_failed) == (1, 3, 0)
+    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1", "P|i1|2"]
     stored = fake_store.rows["P|i1|1"]
     assert stored["label"] == "spoon" and stored["category"] == "mugs" and stored["price"] == 9.5
     assert stored["attributes"] == {"color": "red"} and stored["box"]["x_min"] == 10.0
-    assert fake_store.seals == 1 and fake_store.visible_waits == [{"P": {"P|i1|0", "P|i1|1"}}]
+    whole = fake_store.rows["P|i1|2"]  # the catalog image as a whole, besides its objects
+    assert whole["label"] == "image" and whole["box"] == {"x_min": 0.0, "y_min": 0.0, "x_max": 100.0, "y_max": 80.0}
+    assert fake_store.seals == 1 and fake_store.visible_waits == [{"P": {"P|i1|0", "P|i1|1", "P|i1|2"}}]
 
 
 def test_a_failed_image_keeps_its_old_vectors_with_the_new_attributes(catalog, fake_triton, fake_store):
@@ -54,9 +56,9 @@ def test_a_failed_image_keeps_its_old_vectors_with_the_new_attributes(catalog, f
     del fake_triton.detections[b"i2"]
     response = do_import(catalog, product("P", "i1", "i2", price=12.0))
     statuses = {s.image_id: s for s in response.items}
-    assert statuses["i1"].status.code == 0 and statuses["i1"].vectors == 2
+    assert statuses["i1"].status.code == 0 and statuses["i1"].vectors == 3
     assert statuses["i2"].status.code == 3 and "not a decodable image" in statuses["i2"].status.message
-    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1", "P|i2|0"]
+    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1", "P|i1|2", "P|i2|0", "P|i2|1"]
     np.testing.assert_array_equal(fake_store.rows["P|i2|0"]["vector"], old_i2)
     assert {r["price"] for r in fake_store.rows.values()} == {12.0}
 
@@ -66,7 +68,7 @@ def test_images_not_sent_again_are_dropped(catalog, fake_triton, fake_store):
         fake_triton.detections[name] = objects(("cup", 0.9, vec))
     do_import(catalog, product("P", "i1", "i2"))
     do_import(catalog, product("P", "i2"))
-    assert sorted(fake_store.rows) == ["P|i2|0"]
+    assert sorted(fake_store.rows) == ["P|i2|0", "P|i2|1"]
 
 
 def test_a_product_whose_every_image_fails_changes_nothing(catalog, fake_triton, fake_store):
@@ -139,7 +141,7 @@ def test_delete_removes_every_vector_and_waits_until_it_is_invisible(catalog, fa
     fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED), ("cup", 0.5, GREEN))
     do_import(catalog, product("P", "i1"), product("Q", "i1"))
     response = asyncio.run(catalog.delete_products(pb.DeleteProductsRequest(product_ids=["P", "nobody"])))
-    assert response.vectors_deleted == 2
+    assert response.vectors_deleted == 3
     assert {r["product_id"] for r in fake_store.rows.values()} == {"Q"}
     assert fake_store.visible_waits[-1] == {"P": set(), "nobody": set()}
 
@@ -148,5 +150,5 @@ def test_stats_report_the_store_and_the_models(catalog, fake_triton, fake_store)
     fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED))
     do_import(catalog, product("P", "i1"))
     stats = asyncio.run(catalog.stats())
-    assert (stats.products, stats.images, stats.vectors) == (1, 1, 1)
+    assert (stats.products, stats.images, stats.vectors) == (1, 1, 2)  # the cup and the whole image
     assert stats.models.detector == "fake-detector" and stats.milvus_mode == "fake"

@@ -39,7 +39,8 @@ def stocked(fake_store):
 def test_several_images_of_one_product_collapse_into_its_best_match(search, fake_triton, stocked):
     fake_triton.detections[b"photo"] = objects(("cup", 0.9, RED))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3), no_deadline))
-    (group,) = response.objects
+    group, whole = response.objects
+    assert not group.whole_image and whole.whole_image and whole.label == "image"
     assert [m.product_id for m in group.matches] == ["A", "B", "C"]
     assert group.matches[0].image_id == "a1"  # the closer of A's two images
     assert group.matches[0].similarity > group.matches[1].similarity > group.matches[2].similarity
@@ -61,28 +62,50 @@ def test_min_similarity_drops_weak_matches(search, fake_triton, stocked):
 def test_min_detection_score_and_max_objects_choose_the_objects(search, fake_triton, stocked):
     fake_triton.detections[b"photo"] = objects(("cup", 0.4, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.5), no_deadline))
-    assert [g.label for g in response.objects] == ["cat", "bowl"]  # best first, the 0.4 cup dropped
+    assert [g.label for g in response.objects] == ["cat", "bowl", "image"]  # best first, the 0.4 cup dropped
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=1), no_deadline))
-    assert [g.label for g in response.objects] == ["cat"]
+    assert [g.label for g in response.objects] == ["cat", "image"]  # the whole photo is not an object
     assert response.objects[0].matches[0].product_id == "C"
     assert not response.whole_image_searched
 
 
-def test_every_detection_below_the_threshold_searches_the_whole_image(search, fake_triton, stocked):
-    fake_triton.detections[b"photo"] = objects(("cup", 0.3, BLUE))
-    fake_triton.whole[b"photo"] = RED
-    response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.9), no_deadline))
+def test_every_detection_below_the_threshold_leaves_the_whole_photo(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cup", 0.3, BLUE), whole=RED)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.9,
+                                                         skip_whole_image=True), no_deadline))
     assert response.whole_image_searched
-    (group,) = response.objects
-    assert group.label == "image" and group.detection_score == 0
+    (group,) = response.objects  # even when the caller skips it: there is nothing else to search
+    assert group.label == "image" and group.whole_image and group.detection_score == 0
     assert group.matches[0].product_id == "A"
-    assert ("region", b"photo", None) in fake_triton.calls
+    assert [c[0] for c in fake_triton.calls] == ["detect"]  # one Triton call, no second one
 
 
 def test_nothing_detected_is_reported_as_a_whole_image_search(search, fake_triton, stocked):
-    fake_triton.detections[b"plain"] = objects(("image", 0.0, GREEN), fallback=True)
+    fake_triton.detections[b"plain"] = objects(whole=GREEN)
     response = run(search.search(pb.SearchByImageRequest(image=b"plain"), no_deadline))
     assert response.whole_image_searched and response.objects[0].matches[0].product_id == "C"
+
+
+def test_the_whole_photo_is_searched_in_the_same_milvus_call_unless_skipped(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cat", 0.9, GREEN), whole=RED)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=2), no_deadline))
+    assert [(g.label, g.whole_image) for g in response.objects] == [("cat", False), ("image", True)]
+    assert response.objects[1].matches[0].product_id == "A" and not response.whole_image_searched
+    assert len(stocked.expressions) == 1  # nq = 2 in one search
+    skipped = run(search.search(pb.SearchByImageRequest(image=b"photo", skip_whole_image=True), no_deadline))
+    assert [g.label for g in skipped.objects] == ["cat"]
+
+
+def test_one_merged_list_ranks_each_product_once_across_groups(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cat", 0.9, unit(0, 1, 0.2, 0)), whole=unit(1, 0.1, 0, 0))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3), no_deadline))
+    merged = [(m.product_id, round(m.similarity, 4)) for m in response.products]
+    # A and B come from the whole photo's group (1.0, 0.9995), C from the cat's (0.98)
+    assert [pid for pid, _ in merged] == ["A", "B", "C"]
+    assert merged[0][1] >= merged[1][1] >= merged[2][1]
+    best = {m.product_id: max(x.similarity for g in response.objects for x in g.matches if x.product_id == m.product_id)
+            for m in response.products}
+    assert all(m.similarity == best[m.product_id] for m in response.products)
 
 
 def test_a_given_region_skips_detection(search, fake_triton, stocked):
