@@ -49,7 +49,9 @@ def export_efficientnet(weights: Path, out_dir: Path) -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
-    net.eval()  # never call set_swish(): it silently ruins the features (DESIGN 4.2)
+    # never call set_swish(): it swaps the activation the weights were trained with and silently
+    # ruins the pooled features
+    net.eval()
 
     class PooledFeatures(torch.nn.Module):
         def __init__(self, backbone: torch.nn.Module) -> None:
