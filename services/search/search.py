@@ -43,11 +43,6 @@ class Search:
         self.settings = settings
         self.backends = backends
 
-    async def _embed_region(self, query: SearchQuery, region: tuple | None, remaining: Remaining
-                            ) -> tuple[np.ndarray, np.ndarray]:
-        return await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
-                           self.backends.triton.embed_region(query.image, region, remaining()), remaining())
-
     async def _objects(self, query: SearchQuery, remaining: Remaining
                        ) -> tuple[np.ndarray, list[SearchedObject], bool]:
         """Embeddings of what to search (the kept objects, then the whole photo unless the
