@@ -3,6 +3,7 @@ tritonserver on model_repository/ with its CPU configs, and free ports."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from tools.triton_launcher import TritonServer
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
 __all__ = ["BUILD", "REPOSITORY", "ROOT", "free_port"]
+
+
+def require(path: Path | str | None, what: str, how: str, required_in_ci: bool = True) -> str:
+    """``path`` of a tool a test needs; without it the test skips and says ``how`` to get it,
+    or fails in CI, whose `make test` installs it (unless ``required_in_ci`` is False)."""
+    if path is not None and Path(path).is_file():
+        return str(path)
+    if required_in_ci and os.environ.get("CI"):
+        pytest.fail(f"{what} is missing, although `make test` installs it: {how}")
+    pytest.skip(f"{what} is not installed: {how}")
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,14 @@ from services.paths import ROOT
 from tools.loadtest import Report, Sample
 
 CALL = "visualsearch.v1.VisualSearch.SearchByImage"
-# This workplace keeps a real ghz beside the checkout; elsewhere $VS_GHZ or ghz on PATH.
-BESIDE_CHECKOUT = ROOT.parent / "shared" / "tools" / "bin" / "ghz"
+# This workplace keeps the real ghz and grpcurl beside the checkout; elsewhere $VS_GHZ /
+# $VS_GRPCURL or the tool on PATH.
+BESIDE_CHECKOUT = ROOT.parent / "shared" / "tools" / "bin"
 
 
-def find() -> Path | None:
-    for candidate in (os.environ.get("VS_GHZ"), BESIDE_CHECKOUT, shutil.which("ghz")):
+def find(tool: str = "ghz") -> Path | None:
+    """The ``ghz`` (or ``grpcurl``) binary to use, or None."""
+    for candidate in (os.environ.get(f"VS_{tool.upper()}"), BESIDE_CHECKOUT / tool, shutil.which(tool)):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None

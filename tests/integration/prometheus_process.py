@@ -4,7 +4,6 @@ the shipped recording rules, adapter queries and dashboard."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,22 +12,16 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
 INSTALL = "apt-get install prometheus (Debian's package brings prometheus and promtool)"
 
 
 def binary(name: str) -> str:
-    """The binary's path; fails in CI (which installs it) and skips elsewhere when it is absent."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: .ci/run should have run `{INSTALL}`")
-        pytest.skip(f"{name} is not installed ({INSTALL})")
-    return path
+    """The binary's path (Debian's prometheus package installs both)."""
+    return require(shutil.which(name), name, INSTALL)
 
 
 def rule_groups(prometheus_rule: dict) -> dict:

@@ -11,21 +11,17 @@ from pathlib import Path
 import pytest
 
 from services.api import pb
+from tests.conftest import require
 from tests.integration.service_process import ServiceProcess
 from tools import ghz
 from tools import loadtest as generator
 from tools.demo_catalog import import_requests
 from tools.sample_photos import encode, reshoot
 
-BIN = Path(__file__).resolve().parents[3] / "shared" / "tools" / "bin"
-GHZ, GRPCURL = BIN / "ghz", BIN / "grpcurl"
 
-
-def need(binary: Path) -> str:
-    if not binary.is_file():
-        pytest.skip(f"the real {binary.name} is not at {binary} (this workplace ships it beside the checkout; "
-                    f"install {binary.name} elsewhere)")
-    return str(binary)
+def need(tool: str) -> str:
+    return require(ghz.find(tool), f"the real {tool}", f"install {tool} or set VS_{tool.upper()}",
+                   required_in_ci=False)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def query(photos) -> bytes:
 
 
 def test_grpcurl_lists_and_calls_the_api_through_reflection(service, query):
-    grpcurl = need(GRPCURL)
+    grpcurl = need("grpcurl")
     listing = subprocess.run([grpcurl, "-plaintext", service.address, "list"], capture_output=True, text=True,
                              timeout=60)
     assert listing.returncode == 0, listing.stderr
@@ -61,7 +57,7 @@ def test_grpcurl_lists_and_calls_the_api_through_reflection(service, query):
 
 
 def test_ghz_calls_searchbyimage_through_reflection(service, query, tmp_path):
-    binary = need(GHZ)
+    binary = need("ghz")
     (tmp_path / "req.json").write_text(json.dumps({"image": base64.b64encode(query).decode(), "top_k": 3}))
     result = subprocess.run([binary, "--insecure", "--call", "visualsearch.v1.VisualSearch/SearchByImage",
                              "-D", str(tmp_path / "req.json"), "-n", "4", "-c", "2", "--format", "json",
@@ -72,8 +68,9 @@ def test_ghz_calls_searchbyimage_through_reflection(service, query, tmp_path):
 
 
 def test_make_loadtest_runs_the_real_ghz_and_reads_its_report(service, query, tmp_path, monkeypatch):
-    monkeypatch.setenv("VS_GHZ", need(GHZ))
-    assert ghz.find() == GHZ
+    binary = need("ghz")
+    monkeypatch.setenv("VS_GHZ", binary)
+    assert ghz.find() == Path(binary)
     report = ghz.run(service.address, pb.SearchByImageRequest(image=query, top_k=3), concurrency=2, count=6)
     stats = report.summary()
     assert stats["count"] == 6 and stats["status_codes"] == {"OK": 6}

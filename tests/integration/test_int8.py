@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import REPOSITORY
+from tests.conftest import REPOSITORY, require
 from tests.integration.triton_calls import detect_and_embed
 from tools.models import manifest as mf
 from tools.models import repository
@@ -19,8 +19,8 @@ LABELLED = ("coffee", "motorcycle_left", "motorcycle_right", "cat", "astronaut")
 
 @pytest.fixture(scope="module")
 def pipelines():
-    if not (REPOSITORY / "detector" / "1" / repository.INT8_NAME).is_file():
-        pytest.fail("no INT8 model installed: `make models` writes it (it needs apt-get download mate-backgrounds)")
+    require(REPOSITORY / "detector" / "1" / repository.INT8_NAME, "the INT8 detector",
+            "`make models` writes it where `apt-get download mate-backgrounds` works")
     return LocalPipeline.from_repository(variant="gpu"), LocalPipeline.from_repository(variant="cpu")
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.api import PROTOSET, pb
+from services.api import pb
+from services.channels import PLAINTEXT
 from tests.integration.manifests import DEPLOY, by_kind, named, render
 from tests.integration.prometheus_process import Prometheus, binary, rule_groups
 from tests.integration.service_process import ServiceProcess
-from tools import loadtest
+from tools import ghz, loadtest
 from tools.sample_photos import encode, reshoot
 
-GHZ = Path(__file__).resolve().parents[3] / "shared" / "tools" / "bin" / "ghz"
 DASHBOARD = DEPLOY / "base" / "monitoring" / "visualsearch-dashboard.json"
 NAMESPACE = "visualsearch"
 
@@ -99,12 +99,10 @@ def observed(triton, manifests, tmp_path):
 
 def drive(service, concurrency: int, stop: threading.Event, payload: Path, work: Path) -> None:
     """Load until ``stop``: the real ghz when it is here, the in-repo generator otherwise."""
-    if GHZ.is_file():
-        process = subprocess.Popen([str(GHZ), "--insecure", "--protoset", str(PROTOSET),
-                                    "--call", "visualsearch.v1.VisualSearch.SearchByImage", "--binary",
-                                    "--binary-file", str(payload), "-c", str(concurrency), "-z", "240s",
-                                    "--timeout", "60s", service.address], stdout=open(work / "ghz.out", "wb"),
-                                   stderr=subprocess.STDOUT)
+    binary = ghz.find()
+    if binary is not None:
+        args = ghz.command(binary, service.address, payload, concurrency, None, 240, None, 60, PLAINTEXT)
+        process = subprocess.Popen(args, stdout=open(work / "ghz.out", "wb"), stderr=subprocess.STDOUT)
         stop.wait(240)
         process.terminate()
         process.wait(30)

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import pytest
 
-from tests.conftest import BUILD, ROOT
+from tests.conftest import BUILD, ROOT, require
 
 BUF = BUILD / "npm" / "node_modules" / ".bin" / "buf"
 RELEASED = ROOT / "proto" / "releases" / "visualsearch-v1-0.1.0.binpb"
@@ -17,11 +16,7 @@ RELEASED = ROOT / "proto" / "releases" / "visualsearch-v1-0.1.0.binpb"
 
 @pytest.fixture(scope="module")
 def buf() -> str:
-    if not BUF.is_file():
-        if os.environ.get("CI"):
-            pytest.fail("buf is missing: `make test` installs it (make proto-check)")
-        pytest.skip("buf is not installed: run `make proto-check` (needs npm)")
-    return str(BUF)
+    return require(BUF, "buf", "run `make proto-check` (needs npm)")
 
 
 def test_the_api_is_lint_clean_and_compatible_with_its_last_release(buf):

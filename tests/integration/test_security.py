@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,8 +22,9 @@ from services.api import PROTOSET, pb, pb_grpc
 from services.channels import ClientSecurity
 from services.search import triton_client
 from services.search.auth import token_digest
-from tests.conftest import REPOSITORY, ROOT, free_port
+from tests.conftest import REPOSITORY, ROOT, free_port, require
 from tests.integration.service_process import ServiceProcess
+from tools import ghz
 from tools.certificates import CertificateAuthority, serial_of
 from tools.sample_photos import encode
 from tools.triton_launcher import GrpcTLS, TritonServer
@@ -289,12 +289,8 @@ def test_a_rotated_certificate_is_served_without_restart(tls_service, pki):
     assert tls_service.process.poll() is None
 
 
-GHZ = Path(__file__).resolve().parents[3] / "shared" / "tools" / "bin" / "ghz"
-
-
-@pytest.mark.skipif(not GHZ.is_file(), reason=f"the real ghz binary is not at {GHZ} (only the project's "
-                                                "machines ship it; install ghz to run this)")
 def test_the_shipped_mtls_ghz_config_drives_the_mutual_tls_port(mtls_service, imported, pki, photos, tmp_path):
+    binary = require(ghz.find(), "the real ghz", "install ghz or set VS_GHZ", required_in_ci=False)
     _, ca, issued = pki
     payload = tmp_path / "request.bin"
     payload.write_bytes(pb.SearchByImageRequest(image=encode(photos["cat"].pixels), top_k=3).SerializeToString())
@@ -305,7 +301,7 @@ def test_the_shipped_mtls_ghz_config_drives_the_mutual_tls_port(mtls_service, im
     for key in ("rps", "duration", "load-schedule"):
         config.pop(key)
     (tmp_path / "ghz.json").write_text(json.dumps(config))
-    result = subprocess.run([str(GHZ), "--config", str(tmp_path / "ghz.json"), "--format", "json"],
+    result = subprocess.run([binary, "--config", str(tmp_path / "ghz.json"), "--format", "json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
