@@ -149,35 +149,28 @@ class Settings:
         return settings
 
     def validate(self, check_files: bool = True) -> None:
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"VS_LISTEN={self.listen!r}: expected host:port")
+        values = {f.metadata["env"]: getattr(self, f.name) for f in fields(self)}
+        for env in ("VS_LISTEN", "VS_HEALTH_LISTEN"):
+            host, _, port = values[env].rpartition(":")
+            if values[env] and (not host or not port.isdigit()):
+                raise ConfigError(f"{env}={values[env]!r}: expected host:port")
         if self.max_image_bytes + 1024 > self.max_message_bytes:
             raise ConfigError("VS_MAX_MESSAGE_BYTES must exceed VS_MAX_IMAGE_BYTES (a request carries the image)")
         if self.default_top_k > self.max_top_k:
             raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
         if not self.milvus_collection.replace("_", "a").isalnum():
             raise ConfigError(f"VS_MILVUS_COLLECTION={self.milvus_collection!r}: letters, digits and _ only")
-        if self.health_listen:
-            host, _, port = self.health_listen.rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigError(f"VS_HEALTH_LISTEN={self.health_listen!r}: expected host:port")
         for pair in (("VS_TLS_CERT", "VS_TLS_KEY"), ("VS_TRITON_TLS_CERT", "VS_TRITON_TLS_KEY"),
                      ("VS_MILVUS_TLS_CERT", "VS_MILVUS_TLS_KEY")):
-            given = [env for env in pair if self._env_value(env)]
+            given = [env for env in pair if values[env]]
             if len(given) == 1:
                 raise ConfigError(f"{given[0]} is set but {(set(pair) - set(given)).pop()} is not: both are needed")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("VS_TLS_CLIENT_CA needs VS_TLS_CERT and VS_TLS_KEY (mutual TLS is TLS first)")
-        for f in fields(self) if check_files else ():
-            env = f.metadata["env"]
-            if env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY":
-                path = getattr(self, f.name)
-                if path and not os.path.isfile(path):
-                    raise ConfigError(f"{env}={path!r}: no such file")
-
-    def _env_value(self, env: str) -> Any:
-        return next(getattr(self, f.name) for f in fields(self) if f.metadata["env"] == env)
+        for env, path in values.items() if check_files else ():
+            if (env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY") and path \
+                    and not os.path.isfile(path):
+                raise ConfigError(f"{env}={path!r}: no such file")
 
     @property
     def tls(self) -> bool:

@@ -74,11 +74,11 @@ class MilvusStore:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
-                                      timeout=self.settings.milvus_timeout_s, **self._tls())
-                if not client.has_collection(self.collection, timeout=self.settings.milvus_timeout_s):
+                                      timeout=self.timeout, **self._tls())
+                if not client.has_collection(self.collection, timeout=self.timeout):
                     self._create(client)
                 self._check_schema(client)
-                client.load_collection(self.collection, timeout=max(60.0, self.settings.milvus_timeout_s))
+                client.load_collection(self.collection, timeout=max(60.0, self.timeout))
             except SchemaMismatch:
                 raise
             except MilvusException as exc:
@@ -124,12 +124,12 @@ class MilvusStore:
                         params=self.settings.effective_index_params)
         client.create_collection(self.collection, schema=schema, index_params=index,
                                  consistency_level=self.settings.consistency_level,
-                                 timeout=self.settings.milvus_timeout_s)
+                                 timeout=self.timeout)
         log.info("created collection", extra={"collection": self.collection, "dimension": self.dimension,
                                               "index_type": self.settings.index_type})
 
     def _check_schema(self, client: MilvusClient) -> None:
-        info = client.describe_collection(self.collection, timeout=self.settings.milvus_timeout_s)
+        info = client.describe_collection(self.collection, timeout=self.timeout)
         fields = {f["name"]: f for f in info["fields"]}
         missing = [name for name in ["pk", "vector", *OUTPUT_FIELDS] if name not in fields]
         if missing:
