@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls eval
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -86,3 +86,9 @@ bench: venv proto models
 # What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
 bench-tls: venv proto models
 	$(PY) -m tools.tls_bench
+
+# Search quality through the real stack, per query kind and variant (docs/evaluation.md;
+# about an hour on 2 CPU cores). EVAL_ARGS="--products 40 --variants shipped" for a quick look.
+EVAL_ARGS ?=
+eval: venv proto models
+	$(PY) -m tools.eval.run $(EVAL_ARGS)

@@ -119,8 +119,7 @@ def _time_pipeline(pipeline: LocalPipeline, images: list[bytes]) -> dict[str, li
         raw = pipeline.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
         t2 = time.perf_counter()
         found = imaging.objects_from_detections(raw, decoded.pixels, geometry, len(pipeline.classes),
-                                                   s.score_threshold, s.iou_threshold, s.max_objects,
-                                                   pipeline.crop_size)
+                                                   s.detection, pipeline.crop_size)
         t3 = time.perf_counter()
         pipeline.embed(found.crops)
         t4 = time.perf_counter()

@@ -41,6 +41,8 @@ class Catalog:
         if image.mode == pb.EMBED_MODE_DETECT:
             found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
                                 triton.detect_and_embed(image.content, remaining()), remaining())
+            if found.labels and not self.settings.store_whole_image:
+                return found.embeddings, found.boxes, list(found.labels)
             # every detected object, and the image as a whole (stored for every catalog image,
             # so a product is found even when the shopper's photo is detected differently)
             return (np.concatenate([found.embeddings.reshape(-1, found.whole_embedding.shape[-1]),

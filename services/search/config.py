@@ -27,6 +27,14 @@ def _positive(value: float) -> bool:
     return value > 0
 
 
+def _flag(raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _json_object(raw: str) -> dict:
     value = json.loads(raw)
     if not isinstance(value, dict):
@@ -105,6 +113,10 @@ class Settings:
                                              "requests one caller (identity, or peer address without "
                                              "authorization) may have in flight; at most VS_MAX_IN_FLIGHT",
                                              int, _positive)
+    store_whole_image: bool = _setting("VS_STORE_WHOLE_IMAGE", True,
+                                       "store one whole-image vector per catalog image besides its objects "
+                                       "(false: objects only, the whole image only when nothing is detected)",
+                                       _flag)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",
                                             float, _positive)

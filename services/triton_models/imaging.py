@@ -125,24 +125,46 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def detect(raw: np.ndarray, num_classes: int, score_threshold: float, iou_threshold: float,
-           max_objects: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class DetectionSettings:
+    """The postprocess model's parameters (model_repository/postprocess/config.pbtxt)."""
+
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_objects: int = 16
+    class_agnostic_nms: bool = False  # one NMS over all classes: one box per object, whatever its class
+    min_box_fraction: float = 0.0  # drop boxes smaller than this share of the photo
+    max_box_fraction: float = 1.0  # drop boxes larger than this share (the whole photo is searched anyway)
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> DetectionSettings:
+        return cls(float(params["score_threshold"]), float(params["iou_threshold"]), int(params["max_objects"]),
+                   params.get("class_agnostic_nms", "0") == "1", float(params.get("min_box_fraction", "0")),
+                   float(params.get("max_box_fraction", "1")))
+
+
+def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
+           image_area: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode one YOLO output ``[4+C, N]`` into xyxy boxes (letterbox px), scores, classes.
 
-    Class-aware NMS (boxes offset per class), at most ``max_objects`` kept.
+    NMS per class (boxes offset per class) unless class-agnostic; boxes outside the settings'
+    share of ``image_area`` (letterbox px^2) dropped before NMS; at most ``max_objects`` kept.
     """
     preds = raw.T
     class_scores = preds[:, 4:4 + num_classes]
     classes = class_scores.argmax(axis=1)
     scores = class_scores[np.arange(len(classes)), classes]
-    mask = scores >= score_threshold
+    mask = scores >= settings.score_threshold
+    if image_area and (settings.min_box_fraction > 0 or settings.max_box_fraction < 1):
+        share = preds[:, 2] * preds[:, 3] / image_area
+        mask &= (share >= settings.min_box_fraction) & (share <= settings.max_box_fraction)
     if not mask.any():
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32)
     cx, cy, w, h = preds[mask, :4].T
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     scores, classes = scores[mask], classes[mask]
-    offset = classes[:, None].astype(np.float32) * 10_000.0
-    keep = nms(boxes + offset, scores, iou_threshold)[:max_objects]
+    offset = 0.0 if settings.class_agnostic_nms else classes[:, None].astype(np.float32) * 10_000.0
+    keep = nms(boxes + offset, scores, settings.iou_threshold)[:settings.max_objects]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
 
 
@@ -182,16 +204,16 @@ def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.
 
 
 def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
-                            score_threshold: float, iou_threshold: float, max_objects: int,
-                            crop_size: int) -> Detections:
+                            settings: DetectionSettings, crop_size: int) -> Detections:
     """YOLO output for one image -> boxes in original pixels and embedder crops.
 
     The last row is always the whole image (class -1, score 0): every photo is also searched
     and stored as a whole, so a product is found even when the two photos' detections differ.
     ``fallback`` says that it is the only row (nothing was detected)."""
     ratio, pad_x, pad_y, scale_x, scale_y, width, height = geometry.tolist()
-    boxes, scores, classes = detect(raw, num_classes, score_threshold, iou_threshold, max_objects)
     h, w = pixels.shape[:2]
+    # the photo's area in letterbox pixels, what the box shares are measured against
+    boxes, scores, classes = detect(raw, num_classes, settings, image_area=w * h * ratio * ratio)
     work = (boxes - np.array([pad_x, pad_y, pad_x, pad_y], np.float32)) / ratio
     work = np.clip(work, 0, [w, h, w, h]).astype(np.float32)
     valid = ((work[:, 2] - work[:, 0]) >= 2) & ((work[:, 3] - work[:, 1]) >= 2)

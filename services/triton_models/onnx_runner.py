@@ -36,15 +36,31 @@ class TritonPythonModel:
         use_int8 = params.get("prefer_int8") == "1" and os.path.isfile(int8)
         path = int8 if use_int8 else os.path.join(version, "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # A model served exactly as published (its licence forbids rewriting it) keeps its own
+        # tensor names and layout; its manifest says which, and this model adapts to them.
+        serving = _served_manifest(args).get("serving", {})
+        self.model_input = serving.get("model_input", {}).get("name", self.input_name)
+        self.model_output = serving.get("model_output", {}).get("name", self.output_name)
+        self.channels_last = serving.get("model_input", {}).get("layout") == "NHWC"
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        result = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if self.channels_last:
+            batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        result = self.session.run([self.model_output], {self.model_input: batch})[0]
         responses, start = [], 0
         for size in sizes:
             part = np.ascontiguousarray(result[start:start + size])
             start += size
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
         return responses
+
+
+def _served_manifest(args) -> dict:
+    path = os.path.join(args["model_repository"], "manifest.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)

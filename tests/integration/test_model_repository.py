@@ -106,13 +106,23 @@ def test_served_manifests_record_source_licence_and_shapes(name):
     assert len(source["sha256"]) == 64 and data["license"] == BUILTIN[name].license
     assert data["serving"]["onnx_sha256"] == mf.sha256_file(BUILD / "models" / name / mf.MODEL_NAME)
     model = onnx.load(str(BUILD / "models" / name / mf.MODEL_NAME), load_external_data=False)
-    assert [i.name for i in model.graph.input] == [data["serving"]["input"]["name"]]
+    if data.get("rewrite", True):
+        assert [i.name for i in model.graph.input] == [data["serving"]["input"]["name"]]
+    else:  # served as published: the very file of the package, fed by the CPU model's adapter
+        assert data["serving"]["onnx_sha256"] == source["sha256"]
+        assert [i.name for i in model.graph.input] == [data["serving"]["model_input"]["name"]]
+        assert "int8" not in data["serving"] and not (BUILD / "models" / name / repository.INT8_NAME).exists()
     if data["role"] == "detector":
         assert len(data["classes"]) == 80 and data["classes"][0] == "person"
         assert data["serving"]["input"]["shape"] == [3, 672, 672]
         assert data["serving"]["output"]["shape"][0] == 84
     else:
-        assert data["serving"]["output"]["shape"] == [{"resnet50-opennsfw": 1024, "efficientnet-lite0": 1280}[name]]
+        full = {"resnet50-opennsfw": 1024, "efficientnet-lite0": 1280, "sscd": 512}[name]
+        assert data["serving"]["output"]["shape"] == [BUILTIN[name].dimension or full]
+        assert data.get("pooling", "avg") == (BUILTIN[name].pooling if data.get("rewrite", True) else "avg")
+        if BUILTIN[name].dimension:
+            assert data["projection"]["from_dimension"] == full
+            assert data["projection"]["reference"]["crops"] >= 10 * BUILTIN[name].dimension
 
 
 def test_a_users_own_models_plug_in_through_a_manifest(tmp_path):

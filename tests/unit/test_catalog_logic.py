@@ -46,6 +46,17 @@ def test_import_stores_one_row_per_object_with_the_product_attributes(catalog, f
     assert fake_store.seals == 1 and fake_store.visible_waits == [{"P": {"P|i1|0", "P|i1|1", "P|i1|2"}}]
 
 
+def test_without_whole_image_rows_only_objects_are_stored_unless_nothing_is_detected(settings, backends, fake_triton,
+                                                                                  fake_store):
+    catalog = Catalog(dataclasses.replace(settings, store_whole_image=False), backends)
+    fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED), ("spoon", 0.6, GREEN))
+    fake_triton.detections[b"i2"] = objects()  # nothing detected: the whole image is the only row
+    response = do_import(catalog, product("P", "i1", "i2"))
+    assert response.vectors_written == 3
+    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1", "P|i2|0"]
+    assert [fake_store.rows[k]["label"] for k in sorted(fake_store.rows)] == ["cup", "spoon", "image"]
+
+
 def test_a_failed_image_keeps_its_old_vectors_with_the_new_attributes(catalog, fake_triton, fake_store):
     fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED))
     fake_triton.detections[b"i2"] = objects(("cup", 0.9, GREEN))

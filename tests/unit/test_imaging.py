@@ -113,3 +113,28 @@ def test_a_heic_over_the_pixel_limit_is_refused_before_decoding():
     data = encode(np.zeros((300, 400, 3), np.uint8), "HEIF")
     with pytest.raises(imaging.InvalidImage, match="400x300 = 120000 pixels, above the limit of 100000"):
         imaging.decode(data, 100_000, 1344)
+
+
+def _yolo(*boxes: tuple[float, float, float, float, int, float], classes: int = 3) -> np.ndarray:
+    """A YOLO output [4+C, N]: (cx, cy, w, h, class, score) per candidate."""
+    raw = np.zeros((4 + classes, len(boxes)), np.float32)
+    for i, (cx, cy, w, h, cls, score) in enumerate(boxes):
+        raw[:4, i] = cx, cy, w, h
+        raw[4 + cls, i] = score
+    return raw
+
+
+def test_class_agnostic_nms_keeps_one_box_per_object_whatever_its_class():
+    raw = _yolo((100, 100, 80, 80, 0, 0.9), (102, 101, 80, 80, 1, 0.8), (400, 400, 50, 50, 2, 0.7))
+    per_class = imaging.detect(raw, 3, imaging.DetectionSettings())
+    agnostic = imaging.detect(raw, 3, imaging.DetectionSettings(class_agnostic_nms=True))
+    assert len(per_class[0]) == 3
+    assert agnostic[2].tolist() == [0, 2]
+
+
+def test_box_share_limits_drop_tiny_and_whole_photo_boxes():
+    raw = _yolo((320, 320, 630, 630, 0, 0.9), (100, 100, 10, 10, 1, 0.8), (400, 400, 120, 120, 2, 0.7))
+    settings = imaging.DetectionSettings(min_box_fraction=0.01, max_box_fraction=0.9)
+    boxes, scores, classes = imaging.detect(raw, 3, settings, image_area=640 * 640)
+    assert classes.tolist() == [2]
+    assert len(imaging.detect(raw, 3, imaging.DetectionSettings(), image_area=640 * 640)[0]) == 3

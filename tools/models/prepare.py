@@ -29,6 +29,7 @@ DETECT_OUTPUT = "output0"
 EMBED_INPUT = "pixels"
 EMBED_OUTPUT = "embedding"
 OPSET_FLOOR = 13
+GEM_P = 3.0
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
@@ -89,8 +90,8 @@ def prepare_detector(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     if already_uint8:
         _find_io(graph, name, "input").type.tensor_type.shape.dim[0].dim_param = "batch"
         return model, {"classes": list(classes), "serving": serving}
-    prefix = _free_prefix(graph)
-    _rename_tensor(graph, name, prefix + "float_" + name)
+    prefix = free_prefix(graph)
+    rename_tensor(graph, name, prefix + "float_" + name)
     scale = numpy_helper.from_array(np.array(1 / 255, np.float32), prefix + "scale")
     graph.initializer.append(scale)
     nodes = [helper.make_node("Cast", [name], [prefix + "cast"], to=TensorProto.FLOAT),
@@ -116,8 +117,8 @@ def _rename_io(model: onnx.ModelProto, raw_in: str, served_in: str, raw_out: str
     if {served_in, served_out} & taken:
         raise mf.ManifestError(f"the detector graph already uses {served_in!r} or {served_out!r} for an inner "
                                "tensor; rename it before serving")
-    _rename_tensor(model.graph, raw_in, served_in)
-    _rename_tensor(model.graph, raw_out, served_out)
+    rename_tensor(model.graph, raw_in, served_in)
+    rename_tensor(model.graph, raw_out, served_out)
     return model
 
 
@@ -146,11 +147,16 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
 
     model = copy.deepcopy(model)
     graph = model.graph
-    prefix = _free_prefix(graph)
+    prefix = free_prefix(graph)
+    pooling = raw.get("pooling", "avg")
+    if pooling == "gem":
+        feature = _gem(graph, feature, prefix, float(raw.get("gem_p", GEM_P)))
+    elif pooling != "avg":
+        raise mf.ManifestError(f"embedder pooling must be 'avg' (the graph's own) or 'gem', got {pooling!r}")
     # The wrapper owns the names "pixels" and "embedding"; move the raw graph's aside.
     for taken in (EMBED_INPUT, EMBED_OUTPUT):
         if taken in _tensor_names(graph):
-            _rename_tensor(graph, taken, prefix + "raw_" + taken)
+            rename_tensor(graph, taken, prefix + "raw_" + taken)
             feature = prefix + "raw_" + taken if feature == taken else feature
     raw_in = _find_io(graph, prefix + "raw_" + spec["name"] if spec["name"] in (EMBED_INPUT, EMBED_OUTPUT)
                       else spec["name"], "input")
@@ -178,7 +184,7 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     tail = [
         helper.make_node("Flatten", [feature], [prefix + "flat"], axis=1),
         helper.make_node("ReduceL2", [prefix + "flat"], [prefix + "norm"], keepdims=1, axes=[1])
-        if _opset(model) < 18 else
+        if opset(model) < 18 else
         helper.make_node("ReduceL2", [prefix + "flat", prefix + "axes"], [prefix + "norm"], keepdims=1),
         helper.make_node("Max", [prefix + "norm", prefix + "eps"], [prefix + "safe"]),
         helper.make_node("Div", [prefix + "flat", prefix + "safe"], [EMBED_OUTPUT]),
@@ -206,7 +212,34 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     graph.output[0].type.tensor_type.shape.dim[1].dim_value = probe.shape[1]
     serving = {"input": {"name": EMBED_INPUT, "shape": [3, size, size], "dtype": "uint8"},
                "output": {"name": EMBED_OUTPUT, "shape": [int(probe.shape[1])]}}
-    return model, {"serving": serving}
+    return model, {"serving": serving, "pooling": pooling}
+
+
+def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
+    return next((node for node in graph.node if tensor in node.output), None)
+
+
+def _gem(graph: onnx.GraphProto, feature: str, prefix: str, p: float) -> str:
+    """Replace the global average pooling that produces ``feature`` by generalised-mean
+    pooling, (mean over H,W of x^p)^(1/p), over the same convolutional map; returns the new
+    feature tensor. p=3 is the usual choice for instance retrieval (Radenovic et al.)."""
+    node = _producer(graph, feature)
+    while node is not None and node.op_type in ("Flatten", "Reshape", "Squeeze", "Transpose", "Identity"):
+        node = _producer(graph, node.input[0])
+    if node is None or node.op_type not in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
+        raise mf.ManifestError(f"pooling 'gem' needs {feature!r} to come from a global average pooling "
+                               "over a convolutional map; none was found")
+    conv_map = node.input[0]  # NCHW: ONNX pooling operators work on channels-first maps
+    graph.initializer.extend([numpy_helper.from_array(np.array(1e-6, np.float32), prefix + "gem_eps"),
+                              numpy_helper.from_array(np.array(p, np.float32), prefix + "gem_p"),
+                              numpy_helper.from_array(np.array(1 / p, np.float32), prefix + "gem_inv_p")])
+    graph.node.extend([
+        helper.make_node("Max", [conv_map, prefix + "gem_eps"], [prefix + "gem_clamped"]),
+        helper.make_node("Pow", [prefix + "gem_clamped", prefix + "gem_p"], [prefix + "gem_pow"]),
+        helper.make_node("GlobalAveragePool", [prefix + "gem_pow"], [prefix + "gem_mean"]),
+        helper.make_node("Pow", [prefix + "gem_mean", prefix + "gem_inv_p"], [prefix + "gem"]),
+    ])
+    return prefix + "gem"
 
 
 def _tensor_names(graph: onnx.GraphProto) -> set[str]:
@@ -217,7 +250,7 @@ def _tensor_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _free_prefix(graph: onnx.GraphProto) -> str:
+def free_prefix(graph: onnx.GraphProto) -> str:
     names = _tensor_names(graph)
     n = 0
     while any(name.startswith(f"vs_wrap{n}_") for name in names):
@@ -225,7 +258,7 @@ def _free_prefix(graph: onnx.GraphProto) -> str:
     return f"vs_wrap{n}_"
 
 
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         if vi.name == old:
             vi.name = new
@@ -234,7 +267,7 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
         node.output[:] = [new if n == old else n for n in node.output]
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset(model: onnx.ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=OPSET_FLOOR)
 
 
@@ -260,6 +293,8 @@ def prepare(raw_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Prepare ``raw_dir`` (raw model + manifest) into ``out_dir`` (served model + manifest)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     raw = mf.load(raw_dir, served=False)
+    if not raw.get("rewrite", True):
+        return _as_published(raw_dir, out_dir, raw)
     model = onnx.load(str(raw_dir / mf.MODEL_NAME))
     if raw["role"] == "detector":
         model, extra = prepare_detector(raw, model)
@@ -277,4 +312,40 @@ def prepare(raw_dir: Path, out_dir: Path) -> dict[str, Any]:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     log.info("prepared %s model %s into %s", raw["role"], raw["name"], out_dir)
+    return served
+
+
+def _as_published(raw_dir: Path, out_dir: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A model whose licence forbids changing the file (``"rewrite": false``): served byte for
+    byte as published. Only an embedder that takes uint8 RGB pixels and returns unit vectors
+    qualifies; the CPU embedder model feeds it in its own layout and tensor names
+    (``serving.model_input`` / ``model_output``), so only the CPU configs can serve it."""
+    if raw["role"] != "embedder":
+        raise mf.ManifestError("only an embedder can be served without rewriting")
+    spec = raw["input"]
+    if spec.get("dtype") != "uint8" or spec.get("color", "RGB") != "RGB" or "size" not in spec:
+        raise mf.ManifestError("a model served without rewriting must take uint8 RGB pixels of a given 'size'")
+    import onnxruntime as ort
+
+    size, layout = int(spec["size"]), spec.get("layout", "NCHW")
+    session = ort.InferenceSession(str(raw_dir / mf.MODEL_NAME), providers=["CPUExecutionProvider"])
+    shape = (2, size, size, 3) if layout == "NHWC" else (2, 3, size, size)
+    probe = session.run([raw["output"]["name"]], {spec["name"]: np.full(shape, 128, np.uint8)})[0]
+    norms = np.linalg.norm(probe, axis=1)
+    if probe.ndim != 2 or not np.allclose(norms, 1, atol=1e-3):
+        raise mf.ManifestError(f"{raw['name']} must return unit vectors [batch, dim]; got shape {probe.shape}")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(raw_dir / mf.MODEL_NAME, tmp / mf.MODEL_NAME)
+    served = {**raw, "serving": {
+        "input": {"name": EMBED_INPUT, "shape": [3, size, size], "dtype": "uint8"},
+        "output": {"name": EMBED_OUTPUT, "shape": [int(probe.shape[1])]},
+        "model_input": {"name": spec["name"], "layout": layout}, "model_output": {"name": raw["output"]["name"]},
+        "onnx_sha256": mf.sha256_file(tmp / mf.MODEL_NAME)}}
+    mf.validate_served(served, str(out_dir))
+    mf.save(tmp, served)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    log.info("%s served as published (no rewriting)", raw["name"])
     return served

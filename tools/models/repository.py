@@ -9,6 +9,7 @@ class names) from those manifests.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from services.paths import ROOT
+from services.triton_models.imaging import DetectionSettings
 from tools.models import manifest as mf
+
+log = logging.getLogger(__name__)
 
 REPOSITORY = ROOT / "model_repository"
 CPU_CONFIG = "cpu"  # --model-config-name of the CPU variant (configs/cpu.pbtxt where a model has one)
@@ -50,9 +54,7 @@ class PipelineSettings:
     """The image-pipeline knobs of the repository's configs (what the in-process reference
     must use to compute what Triton computes)."""
 
-    max_objects: int
-    score_threshold: float
-    iou_threshold: float
+    detection: DetectionSettings
     max_pixels: int
     work_side: int
 
@@ -60,9 +62,8 @@ class PipelineSettings:
     def from_repository(cls, repository: Path = REPOSITORY) -> PipelineSettings:
         cfg = configs(CPU_CONFIG, repository)
         pre, post = cfg["preprocess"], cfg["postprocess"]
-        return cls(int(parameter(post, "max_objects")), float(parameter(post, "score_threshold")),
-                   float(parameter(post, "iou_threshold")), int(parameter(pre, "max_pixels")),
-                   int(parameter(pre, "work_side")))
+        detection = DetectionSettings.from_parameters({k: v.string_value for k, v in post.parameters.items()})
+        return cls(detection, int(parameter(pre, "max_pixels")), int(parameter(pre, "work_side")))
 
 
 def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
@@ -77,6 +78,10 @@ def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
     if (serving["input"]["name"], serving["output"]["name"]) != expected:
         raise mf.ManifestError(f"{served}: served tensors {serving['input']['name']!r} -> "
                                f"{serving['output']['name']!r} differ from {role}/config.pbtxt's {expected}")
+    if "model_input" in serving:
+        log.warning("%s is served as published (its own tensor names and layout): only the CPU configs "
+                    "(--model-config-name=cpu) can serve it; the GPU config's ONNX Runtime backend cannot",
+                    manifest["name"])
     folder = Path(repository) / role
     _replace(served / mf.MODEL_NAME, folder / "1" / mf.MODEL_NAME)
     int8 = folder / "1" / INT8_NAME  # what the CPU configs serve when it exists
@@ -102,15 +107,26 @@ def _replace(src: Path, dst: Path) -> None:
     tmp.replace(dst)  # a rename: a server reading the old file keeps its inode
 
 
-def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_op_threads: int | None = None,
-                           python_instances: int | None = None, repository: Path = REPOSITORY) -> Path:
-    """A copy of the repository (ONNX files linked, not copied) whose CPU configs use other
-    instance counts or onnxruntime threads: how the benchmark compares CPU settings."""
+def _linked_copy(dst: Path, repository: Path) -> None:
+    """Copy the repository with its ONNX files linked, not copied."""
     shutil.copytree(repository, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
     for role in ONNX_MODELS:
         for name in (mf.MODEL_NAME, INT8_NAME):
             if (Path(repository) / role / "1" / name).is_file():
                 (dst / role / "1" / name).symlink_to((Path(repository) / role / "1" / name).resolve())
+
+
+def _save_cpu_config(dst: Path, name: str, cfg: mc.ModelConfig) -> None:
+    custom = dst / name / "configs" / f"{CPU_CONFIG}.pbtxt"
+    target = custom if custom.is_file() else dst / name / "config.pbtxt"
+    target.write_text(text_format.MessageToString(cfg))
+
+
+def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_op_threads: int | None = None,
+                           python_instances: int | None = None, repository: Path = REPOSITORY) -> Path:
+    """A copy of the repository whose CPU configs use other instance counts or onnxruntime
+    threads: how the benchmark compares CPU settings."""
+    _linked_copy(dst, repository)
     for name, cfg in configs(CPU_CONFIG, dst).items():
         if cfg.backend != "python":
             continue
@@ -122,7 +138,23 @@ def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_o
             count = python_instances
         if count is not None:
             cfg.instance_group[0].count = count
-        custom = dst / name / "configs" / f"{CPU_CONFIG}.pbtxt"
-        target = custom if custom.is_file() else dst / name / "config.pbtxt"
-        target.write_text(text_format.MessageToString(cfg))
+        _save_cpu_config(dst, name, cfg)
+    return dst
+
+
+def copy_variant(dst: Path, embedder: Path | None = None, parameters: dict[str, dict[str, str]] | None = None,
+                 repository: Path = REPOSITORY) -> Path:
+    """A copy of the repository with another served embedder installed and/or other CPU-config
+    parameters (``{model: {key: value}}``): how the evaluation compares variants."""
+    _linked_copy(dst, repository)
+    if embedder is not None:
+        install("embedder", embedder, dst)
+    all_configs = configs(CPU_CONFIG, dst)
+    for name, values in (parameters or {}).items():
+        cfg = all_configs[name]
+        for key, value in values.items():
+            if key not in cfg.parameters:
+                raise KeyError(f"{name} has no parameter {key!r}")
+            cfg.parameters[key].string_value = value
+        _save_cpu_config(dst, name, cfg)
     return dst

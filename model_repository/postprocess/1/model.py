@@ -16,9 +16,7 @@ class TritonPythonModel:
         params = config_parameters(args)
         self.classes = read_manifest(args, "detector_manifest")["classes"]
         self.crop_size = input_size(read_manifest(args, "embedder_manifest"))
-        self.score_threshold = float(params["score_threshold"])
-        self.iou_threshold = float(params["iou_threshold"])
-        self.max_objects = int(params["max_objects"])
+        self.settings = imaging.DetectionSettings.from_parameters(params)
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -28,7 +26,7 @@ class TritonPythonModel:
             pb_utils.get_input_tensor_by_name(request, "DETECTIONS").as_numpy()[0],
             pb_utils.get_input_tensor_by_name(request, "WORK_IMAGE").as_numpy()[0],
             pb_utils.get_input_tensor_by_name(request, "GEOMETRY").as_numpy()[0],
-            len(self.classes), self.score_threshold, self.iou_threshold, self.max_objects, self.crop_size)
+            len(self.classes), self.settings, self.crop_size)
         labels = imaging.labels(found.class_ids, self.classes)
         return pb_utils.InferenceResponse([
             pb_utils.Tensor("BOXES", found.boxes),

@@ -1,0 +1,330 @@
+"""``make eval``: search quality through the real service, per query kind and per variant.
+
+For each variant: a copy of the Triton repository with that variant's embedder and settings,
+the real stack (tritonserver, the search service, Milvus Lite), the catalog imported with
+``services.importer``, every query sent as ``SearchByImage``. Writes ``docs/evaluation.md``
+and a JSON file of every figure.
+
+Two rankings per query:
+* **object**: the group of the object the shopper photographed (the detected box that best
+  overlaps where the object is, IoU >= 0.5; else the whole-photo group, what a shopper sees
+  when their object was not detected; re-shots, whose object fills the photo, use the list);
+* **list**: the response's one merged list of products.
+
+    python -m tools.eval.run [--products N] [--variants a,b] [--out docs/evaluation.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.api import message_size_options, pb, pb_grpc
+from services.paths import BUILD, ROOT
+from tools.bench import machine
+from tools.cache import default_cache
+from tools.eval import dataset
+from tools.local_stack import local_stack
+from tools.models import build
+from tools.models.repository import copy_variant
+from tools.sample_photos import box_iou
+
+log = logging.getLogger("tools.eval.run")
+
+TOP_K = 10
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    embedder: str = build.DEFAULT_EMBEDDER
+    pooling: str | None = None  # None = the built-in's shipped choice
+    dimension: int | None = None  # None = the shipped choice; 0 = the model's full dimension
+    power: float | None = None  # whitening power of the projection (None = the shipped choice)
+    whole_image: bool = True  # catalog whole-image rows + the whole query photo searched
+    int8: bool = True  # the CPU configs serve the INT8 files
+    postprocess: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+# Detection as it was before the evaluation (YOLO score >= 0.25, NMS per class).
+BEFORE = {"score_threshold": "0.25", "class_agnostic_nms": "0"}
+LOW = {"score_threshold": "0.05", "class_agnostic_nms": "1"}
+
+# Every variant but `shipped*` states its settings, so its figures stay comparable when the
+# shipped choices change. Model comparisons run in float (the CPU configs told not to use
+# INT8 files); INT8, what CPU pods serve, is compared on the shipped default.
+VARIANTS = {v.name: v for v in [
+    Variant("baseline", pooling="avg", dimension=0, whole_image=False, int8=False, postprocess=BEFORE,
+            description="before: ResNet-50 average pooling, 1024-d, objects only (VS_STORE_WHOLE_IMAGE=false, "
+                        "skip_whole_image), detection score >= 0.25 with NMS per class"),
+    Variant("whole", pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
+            description="baseline + the whole image on both sides"),
+    Variant("gem", pooling="gem", dimension=0, int8=False, postprocess=BEFORE, description="whole + GeM pooling (p=3)"),
+    Variant("gem-256", pooling="gem", dimension=256, power=0.5, int8=False, postprocess=BEFORE,
+            description="gem + 256-d PCA-whitening (power 0.5, fitted on mate-backgrounds crops)"),
+    Variant("gem-256-pca", pooling="gem", dimension=256, power=0.0, int8=False, postprocess=BEFORE,
+            description="gem + 256-d PCA projection without whitening (power 0)"),
+    Variant("efficientnet", embedder="efficientnet-lite0", pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
+            description="EfficientNet-Lite0, average pooling, 1280-d, whole image"),
+    Variant("sscd", embedder="sscd", int8=False, postprocess=BEFORE,
+            description="SSCD as published (int8 weights), 512-d, whole image; opt-in"),
+    Variant("agnostic-nms", pooling="gem", dimension=0, int8=False, postprocess={**BEFORE, "class_agnostic_nms": "1"},
+            description="gem + class-agnostic NMS"),
+    Variant("low-threshold", pooling="gem", dimension=0, int8=False, postprocess=LOW,
+            description="gem + class-agnostic NMS + detection score >= 0.05"),
+    Variant("low-threshold-min-area", pooling="gem", dimension=0, int8=False,
+            postprocess={**LOW, "min_box_fraction": "0.01"},
+            description="low-threshold + no boxes under 1 % of the photo"),
+    Variant("low-threshold-no-full-boxes", pooling="gem", dimension=0, int8=False,
+            postprocess={**LOW, "max_box_fraction": "0.8"},
+            description="low-threshold + no boxes over 80 % of the photo (the whole photo is searched anyway)"),
+    Variant("shipped-float", int8=False,
+            description="the shipped default (models and model_repository/ settings), float"),
+    Variant("shipped", description="the shipped default as CPU pods serve it (INT8 detector and embedder)"),
+]}
+DEFAULT_VARIANTS = list(VARIANTS)
+
+
+@dataclass
+class Answer:
+    query: dataset.Query
+    object_ranking: list[tuple[str, float]]
+    list_ranking: list[tuple[str, float]]
+    nothing_detected: bool
+    object_found: bool  # a detected box matched the object (scene queries)
+    seconds: float
+
+
+def embedder_for(variant: Variant, cache: Path) -> Path:
+    return build.builtin_model(variant.embedder, cache, pooling=variant.pooling, dimension=variant.dimension,
+                               power=variant.power)
+
+
+def _ranking(matches) -> list[tuple[str, float]]:  # noqa: ANN001 - repeated visualsearch.v1.Match
+    return [(m.product_id, float(m.similarity)) for m in matches]
+
+
+def _object_group(response: pb.SearchByImageResponse, box: tuple[int, ...] | None):  # noqa: ANN202
+    groups = list(response.objects)
+    detected = [g for g in groups if not g.whole_image]
+    if box is not None and detected:
+        overlaps = [box_iou((g.box.x_min, g.box.y_min, g.box.x_max, g.box.y_max), box) for g in detected]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= MATCH_IOU:
+            return detected[best], True
+    whole = [g for g in groups if g.whole_image]
+    return (whole[0] if whole else None), False
+
+
+async def run_queries(address: str, queries: list[dataset.Query], folder: Path, whole_image: bool,
+                      concurrency: int = 2, min_detection_score: float = 0.0) -> list[Answer]:
+    answers: list[Answer] = []
+    pending = list(queries)
+    async with grpc.aio.insecure_channel(address, options=message_size_options(64 << 20)) as channel:
+        stub = pb_grpc.VisualSearchStub(channel)
+
+        async def worker() -> None:
+            while pending:
+                query = pending.pop(0)
+                request = pb.SearchByImageRequest(image=(folder / query.path).read_bytes(), top_k=TOP_K,
+                                                  skip_whole_image=not whole_image,
+                                                  min_detection_score=min_detection_score)
+                start = time.perf_counter()
+                response = await stub.SearchByImage(request, timeout=120)
+                seconds = time.perf_counter() - start
+                group, found = _object_group(response, query.box)
+                if query.box is None:  # the object fills the photo: the list is what the shopper sees
+                    group = None
+                object_ranking = _ranking(group.matches) if group is not None else _ranking(response.products)
+                answers.append(Answer(query, object_ranking, _ranking(response.products),
+                                      response.whole_image_searched, found, seconds))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return answers
+
+
+def import_catalog(address: str, manifest: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "services.importer", "--address", address, "--manifest", str(manifest),
+                    "--no-progress"], check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def rank_of(ranking: list[tuple[str, float]], product: str) -> int | None:
+    ids = [pid for pid, _ in ranking]
+    return ids.index(product) + 1 if product in ids else None
+
+
+def scores(answers: list[Answer], which: str) -> dict:
+    ranks = [rank_of(getattr(a, f"{which}_ranking"), a.query.product_id) for a in answers]
+    n = len(ranks)
+    return {"queries": n,
+            "recall1": sum(r == 1 for r in ranks) / n if n else 0.0,
+            "recall5": sum(r is not None and r <= 5 for r in ranks) / n if n else 0.0,
+            "mrr": sum(1 / r for r in ranks if r) / n if n else 0.0}
+
+
+def similarity_gap(answers: list[Answer]) -> dict:
+    """Similarity of true rank-1 matches against the best wrong product (object rankings), and
+    the ``min_similarity`` that keeps 95 % of the true rank-1 matches (with the share of wrong
+    rank-1 answers it would remove)."""
+    ranked = [a for a in answers if a.object_ranking]
+    true = [a.object_ranking[0][1] for a in ranked if a.object_ranking[0][0] == a.query.product_id]
+    wrong_top = [next((s for pid, s in a.object_ranking if pid != a.query.product_id), None) for a in ranked]
+    wrong_top = [s for s in wrong_top if s is not None]
+    wrong_rank1 = [a.object_ranking[0][1] for a in ranked if a.object_ranking[0][0] != a.query.product_id]
+    if not true or not wrong_top:
+        return {}
+    threshold = float(np.percentile(true, 5))
+    return {"true_match_median": float(np.median(true)), "best_wrong_median": float(np.median(wrong_top)),
+            "recommended_min_similarity": round(threshold, 2),
+            "wrong_rank1_removed": float(np.mean([s < threshold for s in wrong_rank1])) if wrong_rank1 else 0.0}
+
+
+def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path) -> dict:
+    served = embedder_for(variant, cache)
+    if variant.int8:
+        build.ensure_int8(served, cache)
+    manifest = json.loads((served / "manifest.json").read_text())
+    postprocess = dict(variant.postprocess)
+    parameters: dict[str, dict[str, str]] = {"postprocess": postprocess} if postprocess else {}
+    if not variant.int8:
+        parameters.update({"detector": {"prefer_int8": "0"}, "embedder": {"prefer_int8": "0"}})
+    folder = work / variant.name
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    repository = copy_variant(folder / "repository", embedder=served, parameters=parameters)
+    with local_stack(folder, repository=repository,
+                     VS_STORE_WHOLE_IMAGE="true" if variant.whole_image else "false") as stack:
+        import_s = import_catalog(stack.address, evalset.manifest)
+        answers = asyncio.run(run_queries(stack.address, evalset.queries, evalset.folder, variant.whole_image))
+    result = {"variant": variant.name, "description": variant.description, "embedder": manifest["name"],
+              "dimension": manifest["serving"]["output"]["shape"][0],
+              "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
+              "postprocess": postprocess, "import_s": import_s,
+              "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000), "kinds": {}}
+    for kind in sorted({a.query.kind for a in answers}):
+        subset = [a for a in answers if a.query.kind == kind]
+        detected = [a for a in subset if a.object_found]
+        result["kinds"][kind] = {"object": scores(subset, "object"), "list": scores(subset, "list"),
+                                 "object_detected": float(np.mean([a.object_found for a in subset])),
+                                 # the embedder's share: recall where the detector found the object
+                                 "when_detected": scores(detected, "object"),
+                                 "nothing_detected": sum(a.nothing_detected for a in subset)}
+    blind = [a for a in answers if a.nothing_detected]
+    result["nothing_detected"] = {"queries": len(blind), **scores(blind, "object")} if blind else {"queries": 0}
+    result["similarity"] = similarity_gap(answers)
+    result["answers"] = [{"query": a.query.query_id, "kind": a.query.kind,
+                          "object_rank": rank_of(a.object_ranking, a.query.product_id),
+                          "list_rank": rank_of(a.list_ranking, a.query.product_id),
+                          "top_similarity": a.object_ranking[0][1] if a.object_ranking else None,
+                          "object_detected": a.object_found, "nothing_detected": a.nothing_detected}
+                         for a in answers]
+    log.info("variant %s: %s", variant.name, json.dumps(result["kinds"]))
+    return result
+
+
+def write_markdown(path: Path, data: dict) -> None:
+    lines = [
+        "# Search quality (`make eval`)",
+        "",
+        *[f"Machine: {run['machine']}. Command: `{run['command']}` ({run['minutes']:.0f} min; "
+          f"{', '.join(run['variants'])})." for run in data["runs"]],
+        "",
+        f"Set (seed {data['set']['seed']}): {data['set']['products']} products with queries, "
+        f"{data['set']['distractors']} distractor products, {data['set']['queries']} queries "
+        f"({', '.join(f'{k}: {v}' for k, v in data['set']['kinds'].items())}). Objects: {dataset.STAMPS_LICENSE}; "
+        f"scenes: {dataset.SCENE_LICENSE}. Built at evaluation time from packages, never committed; "
+        "see tools/eval/dataset.py for every transformation.",
+        "",
+        "**object** = the group of the object the shopper photographed (the detected box with IoU >= 0.5 "
+        "against the pasted object, else the whole-photo group); re-shots and second shots, whose "
+        "object fills the photo, use the merged list. **list** = the response's merged product list.",
+        "",
+        "| variant | embedder | dim | pooling | whole image | INT8 | kind | R@1 object | R@5 object | "
+        "MRR object | R@1 list | R@5 list | object detected | R@1 when detected | p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        for kind, k in r["kinds"].items():
+            o, lst = k["object"], k["list"]
+            seen = k.get("when_detected", {})
+            detected = f"{seen['recall1']:.3f} ({seen['queries']})" if seen.get("queries") else "-"
+            lines.append(
+                f"| {r['variant']} | {r['embedder']} | {r['dimension']} | {r['pooling']} | "
+                f"{'yes' if r['whole_image'] else 'no'} | {'yes' if r['int8'] else 'no'} | {kind} ({o['queries']}) | "
+                f"{o['recall1']:.3f} | {o['recall5']:.3f} | {o['mrr']:.3f} | {lst['recall1']:.3f} | "
+                f"{lst['recall5']:.3f} | {k['object_detected']:.2f} | {detected} | {r['query_p50_ms']:.0f} |")
+    lines += ["", "Similarity of the true match at rank 1 against the best wrong product (object rankings), "
+              "and the `min_similarity` that keeps 95 % of true rank-1 matches:", "",
+              "| variant | true match (median) | best wrong (median) | recommended min_similarity | "
+              "wrong rank-1 answers it removes | queries with nothing detected (R@1) |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        s, nd = r["similarity"], r["nothing_detected"]
+        blind = f"{nd['queries']} ({nd['recall1']:.2f})" if nd["queries"] else "0"
+        if s:
+            lines.append(f"| {r['variant']} | {s['true_match_median']:.3f} | {s['best_wrong_median']:.3f} | "
+                         f"{s['recommended_min_similarity']:.2f} | {s['wrong_rank1_removed']:.2f} | {blind} |")
+    lines += ["", "Variants:", ""] + [f"* `{r['variant']}`: {r['description']}" for r in data["results"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=None, help="a seeded slice of the products (default: all)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--work", type=Path, default=BUILD / "eval")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "evaluation" / "results.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other variants' results of --json (same set) and replace these")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    started = time.monotonic()
+    cache = default_cache()
+    evalset = dataset.build(args.work / "set", cache, args.products)
+    results = [evaluate(VARIANTS[n], evalset, args.work, cache) for n in names]
+    command = "make eval" if argv is None and len(sys.argv) == 1 else \
+        "python -m tools.eval.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    runs = [{"command": command, "minutes": (time.monotonic() - started) / 60, "machine": machine(),
+             "variants": names}]
+    if args.merge and args.json.is_file():
+        previous = json.loads(args.json.read_text())
+        if previous["set"]["queries"] != len(evalset.queries):
+            parser.error(f"--merge: {args.json} was made on another set ({previous['set']['queries']} queries)")
+        kept = [r for r in previous["results"] if r["variant"] not in names]
+        order = list(VARIANTS)
+        results = sorted(kept + results, key=lambda r: order.index(r["variant"]) if r["variant"] in order else 99)
+        runs = previous["runs"] + runs
+    kinds: dict[str, int] = {}
+    for q in evalset.queries:
+        kinds[q.kind] = kinds.get(q.kind, 0) + 1
+    data = {"runs": runs,
+            "set": {"seed": 2026, "products": len(evalset.products), "distractors": evalset.distractors,
+                    "queries": len(evalset.queries), "kinds": kinds},
+            "results": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=1))
+    write_markdown(args.out, data)
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
