@@ -94,10 +94,11 @@ def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
 
 def installed(role: str, repository: Path = REPOSITORY, variant: str = "gpu") -> tuple[Path, dict]:
     """The ONNX file Triton serves for ``role`` in ``variant`` (the CPU configs serve the INT8
-    file when there is one) and the model's manifest."""
+    file when there is one and their ``prefer_int8`` is 1) and the model's manifest."""
     folder = Path(repository) / role
     int8 = folder / "1" / INT8_NAME
-    onnx_file = int8 if variant == CPU_CONFIG and int8.is_file() else folder / "1" / mf.MODEL_NAME
+    prefers = parameter(configs(CPU_CONFIG, repository)[role], "prefer_int8") == "1"
+    onnx_file = int8 if variant == CPU_CONFIG and prefers and int8.is_file() else folder / "1" / mf.MODEL_NAME
     return onnx_file, mf.load_file(folder / mf.MANIFEST_NAME)
 
 
