@@ -23,11 +23,17 @@ from pymilvus.exceptions import MilvusException
 from services.search import product_fields as pf
 from services.search.config import Settings
 from services.search.errors import BackendUnavailable, InvalidInput
-from services.search.filters import literal, string_list
+from services.search.filters import string_list
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = list(pf.STORED_FIELDS)
+# Per row, not returned by searches: the image's content key (what an import compares to skip
+# re-embedding an unchanged image) and flags on one row per product and per image (what
+# GetCatalogStats counts instead of scanning every row).
+CONTENT_KEY_LENGTH = 64
+BOOKKEEPING_FIELDS = ("content_key", "product_head", "image_head")
+KEPT_FIELDS = ["pk", "vector", *OUTPUT_FIELDS, *BOOKKEEPING_FIELDS]
 MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
 
 
@@ -118,6 +124,9 @@ class MilvusStore:
                 schema.add_field(name, types[name])
             else:
                 schema.add_field(name, DataType.VARCHAR, max_length=max_length)
+        schema.add_field("content_key", DataType.VARCHAR, max_length=CONTENT_KEY_LENGTH)
+        schema.add_field("product_head", DataType.BOOL)
+        schema.add_field("image_head", DataType.BOOL)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
         index = client.prepare_index_params()
         index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
@@ -135,6 +144,12 @@ class MilvusStore:
         if missing:
             raise SchemaMismatch(f"collection {self.collection!r} lacks fields {missing}; "
                                  "it was not created by this service (set VS_MILVUS_COLLECTION)")
+        missing = [name for name in BOOKKEEPING_FIELDS if name not in fields]
+        if missing:
+            raise SchemaMismatch(
+                f"collection {self.collection!r} lacks fields {missing}: it was made by a version without "
+                "incremental imports and cheap stats; set VS_MILVUS_COLLECTION to a new name and re-import the "
+                "catalog into it (docs: README, 'Importing a catalog')")
         dim = int(fields["vector"].get("params", {}).get("dim", 0))
         if dim != self.dimension:
             raise SchemaMismatch(
@@ -185,22 +200,14 @@ class MilvusStore:
         return [[Hit(float(h["distance"]), h["entity"]) for h in hits] for hits in results]
 
     def stats(self) -> dict[str, Any]:
-        vectors = self._count("")
-        products, images = set(), set()
+        """Counts of flagged rows (one per product, one per image) and of all rows: Milvus counts
+        them itself, no row travels to the service, however large the catalog."""
+        products, images, vectors = (self._count("product_head == true"), self._count("image_head == true"),
+                                     self._count(""))
         client = self._connected()
-        with self._failures("stats scan"):
-            iterator = client.query_iterator(self.collection, batch_size=4096, filter="",
-                                             output_fields=["product_id", "image_id"], timeout=self.timeout)
-            try:
-                while batch := iterator.next():
-                    for row in batch:
-                        products.add(row["product_id"])
-                        images.add((row["product_id"], row["image_id"]))
-            finally:
-                iterator.close()
         with self._failures("describe index"):
             index = client.describe_index(self.collection, "vector", timeout=self.timeout) or {}
-        return {"products": len(products), "images": len(images), "vectors": vectors,
+        return {"products": products, "images": images, "vectors": vectors,
                 "index_type": index.get("index_type", ""), "index_state": str(index.get("state", "")),
                 "indexed_vectors": int(index.get("indexed_rows", 0) or 0)}
 
@@ -211,32 +218,36 @@ class MilvusStore:
                                 consistency_level=self.settings.consistency_level, timeout=self.timeout)
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def image_rows(self, product_id: str, image_ids: list[str]) -> list[dict[str, Any]]:
-        """The stored rows (vectors included) of some images of a product, read at Strong
-        consistency: what an import keeps for images that failed this time."""
+    def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        """The stored rows (vectors included) of these products, at the configured consistency
+        level: what an import reuses for unchanged images and keeps for images that failed.
+        Reading a little behind is safe: a row is reused only when its content key (image
+        bytes, mode, region and models) equals the new image's, and then its vectors are the
+        ones a new embedding would give."""
         client = self._connected()
-        expression = f"product_id == {literal(product_id)} and image_id in {string_list(image_ids)}"
-        with self._failures("read kept rows"):
-            return client.query(self.collection, filter=expression, output_fields=["pk", "vector", *OUTPUT_FIELDS],
-                                consistency_level="Strong", timeout=self.timeout)
+        with self._failures("read stored rows"):
+            return client.query(self.collection, filter=f"product_id in {string_list(product_ids)}",
+                                output_fields=KEPT_FIELDS, consistency_level=self.settings.consistency_level,
+                                timeout=self.timeout)
 
     # -- writes (the service serialises them) -------------------------------------------
-    def replace_product(self, product_id: str, rows: list[dict[str, Any]]) -> set[str]:
-        """Make ``rows`` all of the product's vectors. Upsert first, then delete the leftovers,
-        so the product is never missing from search. Returns the keys it now has."""
-        if not rows:
-            return set()
+    def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],
+                         stale_keys: list[str]) -> dict[str, set[str]]:
+        """Write the rows of many products in one upsert, then delete ``stale_keys`` (their
+        rows that the new ones do not replace) by primary key: no product is ever missing from
+        search, and the rows of one call become visible together. Returns each product's keys."""
+        rows = [row for product_rows in rows_by_product.values() for row in product_rows]
         for row in rows:
             if len(row["pk"]) > pf.PRODUCT_KEY_MAX:
                 raise InvalidInput(f"product/image ids too long for a key: {row['pk'][:60]}...")
         client = self._connected()
-        keys = [row["pk"] for row in rows]
-        with self._failures("upsert"):
-            client.upsert(self.collection, data=rows, timeout=self.timeout)
-        with self._failures("delete stale rows"):
-            client.delete(self.collection, filter=f"product_id == {literal(product_id)} and pk not in "
-                                                  f"{string_list(keys)}", timeout=self.timeout)
-        return set(keys)
+        if rows:
+            with self._failures("upsert"):
+                client.upsert(self.collection, data=rows, timeout=self.timeout)
+        if stale_keys:
+            with self._failures("delete stale rows"):
+                client.delete(self.collection, ids=stale_keys, timeout=self.timeout)
+        return {pid: {row["pk"] for row in product_rows} for pid, product_rows in rows_by_product.items()}
 
     def delete_products(self, product_ids: list[str]) -> int:
         expression = f"product_id in {string_list(product_ids)}"
