@@ -139,6 +139,22 @@ def from_manifest(manifest: Path) -> list[ProductSpec]:
     return list(products.values())
 
 
+def product_request(spec: ProductSpec, summary: Summary) -> pb.ImportProductsRequest | None:
+    """The ImportProducts message of one product (its image files read); unreadable files go
+    to ``summary`` and a product with none left is None."""
+    images = []
+    for image_id, path, mode in spec.images:
+        try:
+            images.append(pb.ProductImage(image_id=image_id, content=path.read_bytes(), mode=mode))
+        except OSError as exc:
+            summary.failures.append((spec.product_id, image_id, f"cannot read file: {path}: {exc.strerror}"))
+    if not images:
+        return None
+    return pb.ImportProductsRequest(
+        product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
+                           title=spec.title, attributes=spec.attributes), images=images)
+
+
 class Importer:
     def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600,
                  security: ClientSecurity = PLAINTEXT) -> None:
@@ -148,19 +164,6 @@ class Importer:
 
     def close(self) -> None:
         self.channel.close()
-
-    def _request(self, spec: ProductSpec, summary: Summary) -> pb.ImportProductsRequest | None:
-        images = []
-        for image_id, path, mode in spec.images:
-            try:
-                images.append(pb.ProductImage(image_id=image_id, content=path.read_bytes(), mode=mode))
-            except OSError as exc:
-                summary.failures.append((spec.product_id, image_id, f"cannot read file: {path}: {exc.strerror}"))
-        if not images:
-            return None
-        return pb.ImportProductsRequest(
-            product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
-                               title=spec.title, attributes=spec.attributes), images=images)
 
     def _send(self, requests: list[pb.ImportProductsRequest]) -> pb.ImportProductsResponse:
         for attempt in range(self.retries + 1):
@@ -187,7 +190,7 @@ class Importer:
                    initial=sum(len(p.images) for p in products[:first]))
         for start in range(first, len(products), self.chunk):
             chunk = products[start:start + self.chunk]
-            requests = [r for r in (self._request(spec, summary) for spec in chunk) if r is not None]
+            requests = [r for r in (product_request(spec, summary) for spec in chunk) if r is not None]
             if requests:
                 response = self._send(requests)
                 summary.products_imported += response.products_imported

@@ -100,7 +100,7 @@ async def import_all(catalog: Catalog, items: list[pb.ImportProductsRequest]) ->
 def raw_insert(settings: Settings, vectors: np.ndarray, models: ModelVersions) -> float:
     """The limit: the same rows inserted as they are, 1,024 per call, then made searchable."""
     store = MilvusStore(settings)
-    store.connect(vectors.shape[-1])
+    store.connect(models)
     client = store._connected()
     rows = []
     for i, image_vectors in enumerate(vectors):

@@ -80,12 +80,13 @@ class StoredRows:
             self.reading = False
 
 
-def content_key(image: pb.ProductImage, models: ModelVersions) -> str:
-    """What decides an image's vectors: its bytes, embed mode and region, and both models."""
+def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True) -> str:
+    """What decides an image's rows: its bytes, embed mode and region, both models, and
+    whether the whole image is stored besides its objects."""
     digest = hashlib.sha256()
     region = image.region
     digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{image.mode}:{region.x_min}:{region.y_min}:"
-                  f"{region.x_max}:{region.y_max}:".encode())
+                  f"{region.x_max}:{region.y_max}:{store_whole_image}:".encode())
     digest.update(image.content)
     return digest.hexdigest()
 
@@ -177,7 +178,7 @@ class Catalog:
                 except ServiceError as exc:
                     return exc
 
-        keys = [content_key(image, models) for image in req.images]
+        keys = [content_key(image, models, self.settings.store_whole_image) for image in req.images]
         todo = [img for img, key in zip(req.images, keys, strict=True) if not unchanged(img, key)]
         outcomes = dict(zip([img.image_id for img in todo], await asyncio.gather(*(embed(img) for img in todo)),
                             strict=True))

@@ -7,6 +7,7 @@ call carries a timeout so a dead Milvus turns into UNAVAILABLE instead of a hang
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from services.search import product_fields as pf
 from services.search.config import Settings
 from services.search.errors import BackendUnavailable, InvalidInput
 from services.search.filters import string_list
+from services.search.triton_client import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,21 @@ class SchemaMismatch(RuntimeError):
 class Hit:
     similarity: float
     fields: dict[str, Any]
+
+
+def collection_for(alias: str, models: ModelVersions) -> str:
+    """The collection of one pair of models: its name carries their sha256 (the alias
+    VS_MILVUS_COLLECTION points to the one in service)."""
+    key = hashlib.sha256(f"{models.detector_sha256}:{models.embedder_sha256}".encode()).hexdigest()[:16]
+    return f"{alias}__{key}"
+
+
+def alias_target(client: MilvusClient, alias: str, timeout: float) -> str | None:
+    """The collection an alias points to; None when there is no such alias."""
+    try:
+        return client.describe_alias(alias, timeout=timeout)["collection_name"]
+    except MilvusException:
+        return None
 
 
 def row_key(product_id: str, image_id: str, index: int) -> str:
@@ -69,20 +86,24 @@ class MilvusStore:
         return "milvus-server" if self.is_server else "milvus-lite"
 
     # -- connection -------------------------------------------------------------------
-    def connect(self, dimension: int) -> None:
-        """Open the client, create the collection if missing, check it, load it once."""
+    def connect(self, models: ModelVersions, bind_alias: bool = True) -> None:
+        """Open the client and settle on the collection of these models: the one that the
+        name VS_MILVUS_COLLECTION (an alias) points to, which must have been built for these
+        models; when neither exists, create it and the alias (``bind_alias=False`` creates
+        only the collection: how a new model's collection is built beside the live one).
+        Then check the schema and load it once. The resolved collection is kept: an alias
+        switch reaches this process when it reconnects with the new models (a restart)."""
         with self._lock:
             if self._client is not None:
                 return
-            self.dimension = dimension
+            self.dimension = models.dimension
             uri = self.settings.milvus_uri
             if not self.is_server:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
-                                      timeout=self.timeout, **self._tls())
-                if not client.has_collection(self.collection, timeout=self.timeout):
-                    self._create(client)
+                                      timeout=self.timeout, **self.tls_arguments())
+                self.collection = self._resolve(client, models, bind_alias)
                 self._check_schema(client)
                 client.load_collection(self.collection, timeout=max(60.0, self.timeout))
             except SchemaMismatch:
@@ -92,10 +113,35 @@ class MilvusStore:
             except Exception as exc:  # grpc / connection errors from pymilvus internals
                 raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc}") from None
             self._client = client
-            log.info("milvus ready", extra={"uri": uri, "collection": self.collection,
-                                            "mode": self.mode})
+            log.info("milvus ready", extra={"uri": uri, "alias": self.settings.milvus_collection,
+                                            "collection": self.collection, "mode": self.mode})
 
-    def _tls(self) -> dict[str, Any]:
+    def _resolve(self, client: MilvusClient, models: ModelVersions, bind_alias: bool) -> str:
+        alias = self.settings.milvus_collection
+        wanted = collection_for(alias, models)
+        if not bind_alias:
+            if not client.has_collection(wanted, timeout=self.timeout):
+                self._create(client, wanted, models)
+            return wanted
+        current = None
+        if client.has_collection(alias, timeout=self.timeout):  # true for an alias too
+            # else a plain collection of that name, made before collections per model
+            current = alias_target(client, alias, self.timeout) or alias
+        if current is None:
+            if not client.has_collection(wanted, timeout=self.timeout):
+                self._create(client, wanted, models)
+            client.create_alias(wanted, alias, timeout=self.timeout)
+            return wanted
+        if current != wanted:
+            raise SchemaMismatch(
+                f"VS_MILVUS_COLLECTION {alias!r} points to collection {current!r}, which was not built for the "
+                f"models Triton serves (detector {models.detector} {models.detector_sha256[:12]}, embedder "
+                f"{models.embedder} {models.embedder_sha256[:12]}; their collection is {wanted!r}). Build it and "
+                f"switch {alias!r} to it without downtime: python -m services.catalog_upgrade (README, "
+                "'Upgrading the models'); or set VS_MILVUS_COLLECTION to another name")
+        return current
+
+    def tls_arguments(self) -> dict[str, Any]:
         """pymilvus' TLS arguments: one-way with a CA, mutual with a client certificate too."""
         s = self.settings
         if not s.milvus_tls_ca:
@@ -114,16 +160,16 @@ class MilvusStore:
                     pass
                 self._client = None
 
-    def _create(self, client: MilvusClient) -> None:
+    def _create(self, client: MilvusClient, name: str, models: ModelVersions) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="visual product search: one row per catalog object")
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=pf.PRODUCT_KEY_MAX)
         types = {"box": DataType.JSON, "price": DataType.DOUBLE, "attributes": DataType.JSON}
-        for name, max_length in pf.STORED_FIELDS.items():
+        for field_name, max_length in pf.STORED_FIELDS.items():
             if max_length is None:
-                schema.add_field(name, types[name])
+                schema.add_field(field_name, types[field_name])
             else:
-                schema.add_field(name, DataType.VARCHAR, max_length=max_length)
+                schema.add_field(field_name, DataType.VARCHAR, max_length=max_length)
         schema.add_field("content_key", DataType.VARCHAR, max_length=CONTENT_KEY_LENGTH)
         schema.add_field("product_head", DataType.BOOL)
         schema.add_field("image_head", DataType.BOOL)
@@ -131,11 +177,12 @@ class MilvusStore:
         index = client.prepare_index_params()
         index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
                         params=self.settings.effective_index_params)
-        client.create_collection(self.collection, schema=schema, index_params=index,
+        client.create_collection(name, schema=schema, index_params=index,
                                  consistency_level=self.settings.consistency_level,
                                  timeout=self.timeout)
-        log.info("created collection", extra={"collection": self.collection, "dimension": self.dimension,
-                                              "index_type": self.settings.index_type})
+        log.info("created collection", extra={"collection": name, "dimension": self.dimension,
+                                              "index_type": self.settings.index_type, "detector": models.detector,
+                                              "embedder": models.embedder})
 
     def _check_schema(self, client: MilvusClient) -> None:
         info = client.describe_collection(self.collection, timeout=self.timeout)
@@ -179,10 +226,10 @@ class MilvusStore:
         self.disconnect()
 
     # -- reads ------------------------------------------------------------------------
-    def ping(self, dimension: int) -> None:
+    def ping(self, models: ModelVersions) -> None:
         """Raises BackendUnavailable unless a real query on the loaded collection works."""
         if self._client is None:
-            self.connect(dimension)
+            self.connect(models)
         client = self._connected()
         with self._failures("health query"):
             client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Eventually",

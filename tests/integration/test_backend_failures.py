@@ -19,18 +19,11 @@ from services.search import triton_client as tc
 from tests.conftest import REPOSITORY, free_port
 from tests.integration.service_process import ServiceProcess
 from tools.demo_catalog import import_requests
-from tools.milvus_processes import MilvusLiteServer, MilvusServer
+from tools.milvus_processes import MilvusLiteServer
 from tools.sample_photos import encode, reshoot
 from tools.triton_launcher import TritonServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory):
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data").start()
-    yield server
-    server.remove()
 
 
 def timed_search(svc: ServiceProcess, image: bytes) -> tuple[grpc.StatusCode, str, float]:

@@ -91,11 +91,11 @@ class FakeStore:
         self.read_seconds = 0.0  # how long a read takes (a Milvus query takes milliseconds)
         self.writes: list[list[str]] = []  # the products of each replace_products call
 
-    def connect(self, dimension: int) -> None:
-        self.dimension = dimension
+    def connect(self, models: ModelVersions) -> None:
+        self.dimension = models.dimension
 
-    def ping(self, dimension: int) -> None:
-        self.connect(dimension)
+    def ping(self, models: ModelVersions) -> None:
+        self.connect(models)
 
     def disconnect(self) -> None:
         pass

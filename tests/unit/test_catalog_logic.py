@@ -204,8 +204,9 @@ def test_content_keys_change_with_bytes_mode_region_and_either_model():
             content_key(pb.ProductImage(image_id="i", content=b"jpeg", mode=pb.EMBED_MODE_REGION,
                                         region=pb.BoundingBox(x_max=5, y_max=5)), MODELS),
             content_key(image, dataclasses.replace(MODELS, embedder_sha256="f" * 64)),
-            content_key(image, dataclasses.replace(MODELS, detector_sha256="c" * 64))}
-    assert len(keys) == 6
+            content_key(image, dataclasses.replace(MODELS, detector_sha256="c" * 64)),
+            content_key(image, MODELS, store_whole_image=False)}
+    assert len(keys) == 7
     assert content_key(pb.ProductImage(image_id="other id", content=b"jpeg"), MODELS) == content_key(image, MODELS)
 
 
