@@ -79,6 +79,7 @@ class MilvusStore:
         self.collection = settings.milvus_collection
         self.is_server = settings.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         self._client: MilvusClient | None = None
+        self._resolved: str | None = None  # the collection this process settled on
         self._lock = threading.Lock()
 
     @property
@@ -91,8 +92,8 @@ class MilvusStore:
         name VS_MILVUS_COLLECTION (an alias) points to, which must have been built for these
         models; when neither exists, create it and the alias (``bind_alias=False`` creates
         only the collection: how a new model's collection is built beside the live one).
-        Then check the schema and load it once. The resolved collection is kept: an alias
-        switch reaches this process when it reconnects with the new models (a restart)."""
+        Then check the schema and load it once. The resolved collection is kept across
+        reconnects: an alias switch reaches this process when it restarts (with new models)."""
         with self._lock:
             if self._client is not None:
                 return
@@ -103,7 +104,7 @@ class MilvusStore:
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
                                       timeout=self.timeout, **self.tls_arguments())
-                self.collection = self._resolve(client, models, bind_alias)
+                self.collection = self._resolved = self._resolve(client, models, bind_alias)
                 self._check_schema(client)
                 client.load_collection(self.collection, timeout=max(60.0, self.timeout))
             except SchemaMismatch:
@@ -119,6 +120,8 @@ class MilvusStore:
     def _resolve(self, client: MilvusClient, models: ModelVersions, bind_alias: bool) -> str:
         alias = self.settings.milvus_collection
         wanted = collection_for(alias, models)
+        if self._resolved == wanted and client.has_collection(wanted, timeout=self.timeout):
+            return wanted  # a reconnect keeps the collection this process started with
         if not bind_alias:
             if not client.has_collection(wanted, timeout=self.timeout):
                 self._create(client, wanted, models)
