@@ -37,7 +37,7 @@ from services.search.backends import Backends
 from services.search.catalog import Catalog
 from services.search.config import ConfigError, Settings
 from services.search.errors import ServiceError
-from services.search.milvus_store import MilvusStore, alias_target, collection_for
+from services.search.milvus_store import MilvusStore, SchemaMismatch, alias_target, collection_for
 from services.search.triton_client import ModelVersions, TritonClient
 
 log = logging.getLogger("services.catalog_upgrade")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = asyncio.run(build(settings, products))
-    except ServiceError as exc:
+    except (ServiceError, SchemaMismatch) as exc:
         print(f"error: build stopped: {exc} (safe to re-run)", file=sys.stderr)
         return 1
     importer.print_summary(summary)
