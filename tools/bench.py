@@ -45,7 +45,7 @@ from tools.local_stack import local_stack
 from tools.milvus_processes import MilvusServer
 from tools.models import repository
 from tools.models.local_pipeline import LocalPipeline
-from tools.models.repository import CPU_CONFIG, INT8_NAME
+from tools.models.repository import CPU_CONFIG, INT8_NAME, installed
 from tools.sample_photos import box_iou, distractor_sources, encode, load_photos, reshoot, reshoot_with_box
 
 log = logging.getLogger("tools.bench")
@@ -425,7 +425,7 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
         f"Machine: {data['machine']}.", "",
         f"CPU config overrides: `{json.dumps(data['cpu_settings'])}` (none = the shipped model_repository/).", "",
         "Query photos: re-shots of the demo catalog objects pasted on other photos (~50-80 KB JPEG).",
-        "Detector YOLOv8s-World 672x672; embedder ResNet-50 (open_nsfw) 1024-d; CPU model repository.", "",
+        f"Models: {data['models']}; CPU model repository.", "",
         "## 1. The limit: the same ONNX models in-process (onnxruntime)", "",
         "| stage | ms/image (sequential, all threads) |", "|---|---|",
     ]
@@ -486,7 +486,8 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
               f"{imp['images']} catalog images through `ImportProducts` (detect, embed, upsert into Milvus Lite): "
               f"**{imp['ips']:.2f} images/s** ({imp['vectors']} vectors, {imp['failed']} failed).", "",
               "## 4. Milvus at scale", "",
-              "Vectors: 1024-d unit vectors clustered around 400 real embeddings of photo crops (random vectors "
+              "Vectors: unit vectors of the served dimension clustered around 400 real embeddings of photo crops "
+              "(random vectors "
               "make HNSW recall look artificially poor). HNSW M=16, efConstruction=200, ef=128; recall@10 "
               "against exact inner-product search. The nq columns use Bounded consistency (the service's "
               "default); the last two compare one-query latency at Strong and Bounded.", "",
@@ -558,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     images = query_images(12)
     plots_dir = args.out.parent / ("bench" if args.out.stem == "benchmarks" else f"bench-{args.out.stem}")
     plots_dir.mkdir(parents=True, exist_ok=True)
-    data: dict = {"machine": machine(), "argv": argv if argv is not None else sys.argv[1:]}
+    data: dict = {"machine": machine(), "argv": argv if argv is not None else sys.argv[1:],
+                  "models": ", ".join(f"{m['name']} (input {m['serving']['input']['shape'][-1]}, output "
+                                      f"{m['serving']['output']['shape']})"
+                                      for m in (installed(role)[1] for role in ("detector", "embedder")))}
 
     log.info("1/5 in-process limit")
     data["limit"] = bench_limit(images, seconds=10 if args.quick else 30)

@@ -142,7 +142,7 @@ def test_a_users_own_models_plug_in_through_a_manifest(tmp_path):
     (det / "manifest.json").write_text(json.dumps({
         "role": "detector", "name": "my-yolo", "license": "AGPL-3.0",
         "input": {"name": "input_0"}, "output": {"name": "preds"}}))
-    # A user's embedder: the served open_nsfw graph, described by its own preprocessing.
+    # A user's embedder: the served default embedder's graph, described by its own preprocessing.
     emb = tmp_path / "my-embedder"
     emb.mkdir()
     shutil.copyfile(embedder_onnx, emb / "model.onnx")
@@ -159,7 +159,8 @@ def test_a_users_own_models_plug_in_through_a_manifest(tmp_path):
     assert len(detector["classes"]) == 80 and detector["name"] == "my-yolo"
     assert detector["serving"]["input"]["name"] == "images"  # renamed to what the config declares
     _, embedder = repository.installed("embedder", repo)
-    assert embedder["name"] == "my-embedder" and embedder["serving"]["output"]["shape"] == [1024]
+    assert embedder["name"] == "my-embedder"
+    assert embedder["serving"]["output"]["shape"] == repository.installed("embedder")[1]["serving"]["output"]["shape"]
     # prepared once, then served from the cache
     assert custom_model(det, cache) == custom_model(det, cache)
 

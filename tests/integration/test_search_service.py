@@ -14,6 +14,7 @@ from services.api import pb
 from tests.integration.service_process import ServiceProcess
 from tests.payloads import png_with_declared_size
 from tools.demo_catalog import CATALOG, import_requests, product_for
+from tools.models import repository
 from tools.sample_photos import encode, reshoot, side_by_side
 
 
@@ -52,7 +53,9 @@ def test_a_reshot_photo_finds_its_product_at_rank_1(service, catalog, photos, na
     groups = [g for g in response.objects if g.label == photos[name].label]
     assert groups, [g.label for g in response.objects]
     assert top_product(groups[0]) == product_for(name)
-    assert response.models.embedder == "resnet50-opennsfw" and response.models.embedding_dimension == 1024
+    _, embedder = repository.installed("embedder")
+    assert response.models.embedder == embedder["name"]
+    assert response.models.embedding_dimension == embedder["serving"]["output"]["shape"][0]
 
 
 def test_a_photo_with_two_catalog_objects_returns_two_groups_each_finding_its_product(service, catalog, photos):

@@ -58,6 +58,7 @@ class Variant:
     description: str = ""
 
 
+RESNET = "resnet50-opennsfw"
 # Detection as it was before the evaluation (YOLO score >= 0.25, NMS per class).
 BEFORE = {"score_threshold": "0.25", "class_agnostic_nms": "0"}
 LOW = {"score_threshold": "0.05", "class_agnostic_nms": "1"}
@@ -66,28 +67,34 @@ LOW = {"score_threshold": "0.05", "class_agnostic_nms": "1"}
 # shipped choices change. Model comparisons run in float (the CPU configs told not to use
 # INT8 files); INT8, what CPU pods serve, is compared on the shipped default.
 VARIANTS = {v.name: v for v in [
-    Variant("baseline", pooling="avg", dimension=0, whole_image=False, int8=False, postprocess=BEFORE,
+    Variant("baseline", embedder=RESNET, pooling="avg", dimension=0, whole_image=False, int8=False, postprocess=BEFORE,
             description="before: ResNet-50 average pooling, 1024-d, objects only (VS_STORE_WHOLE_IMAGE=false, "
                         "skip_whole_image), detection score >= 0.25 with NMS per class"),
-    Variant("whole", pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
+    Variant("whole", embedder=RESNET, pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
             description="baseline + the whole image on both sides"),
-    Variant("gem", pooling="gem", dimension=0, int8=False, postprocess=BEFORE, description="whole + GeM pooling (p=3)"),
-    Variant("gem-256", pooling="gem", dimension=256, power=0.5, int8=False, postprocess=BEFORE,
+    Variant("gem", embedder=RESNET, pooling="gem", dimension=0, int8=False, postprocess=BEFORE,
+            description="whole + GeM pooling (p=3)"),
+    Variant("gem-256", embedder=RESNET, pooling="gem", dimension=256, power=0.5, int8=False, postprocess=BEFORE,
             description="gem + 256-d PCA-whitening (power 0.5, fitted on mate-backgrounds crops)"),
-    Variant("gem-256-pca", pooling="gem", dimension=256, power=0.0, int8=False, postprocess=BEFORE,
+    Variant("gem-256-pca", embedder=RESNET, pooling="gem", dimension=256, power=0.0, int8=False, postprocess=BEFORE,
             description="gem + 256-d PCA projection without whitening (power 0)"),
     Variant("efficientnet", embedder="efficientnet-lite0", pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
             description="EfficientNet-Lite0, average pooling, 1280-d, whole image"),
+    Variant("efficientnet-gem", embedder="efficientnet-lite0", pooling="gem", dimension=0, int8=False,
+            postprocess=BEFORE, description="EfficientNet-Lite0, GeM pooling (p=3), 1280-d, whole image"),
+    Variant("efficientnet-gem-256", embedder="efficientnet-lite0", pooling="gem", dimension=256, power=0.0,
+            int8=False, postprocess=BEFORE, description="EfficientNet-Lite0, GeM, 256-d PCA projection (power 0)"),
     Variant("sscd", embedder="sscd", int8=False, postprocess=BEFORE,
             description="SSCD as published (int8 weights), 512-d, whole image; opt-in"),
-    Variant("agnostic-nms", pooling="gem", dimension=0, int8=False, postprocess={**BEFORE, "class_agnostic_nms": "1"},
+    Variant("agnostic-nms", embedder=RESNET, pooling="gem", dimension=0, int8=False,
+            postprocess={**BEFORE, "class_agnostic_nms": "1"},
             description="gem + class-agnostic NMS"),
-    Variant("low-threshold", pooling="gem", dimension=0, int8=False, postprocess=LOW,
+    Variant("low-threshold", embedder=RESNET, pooling="gem", dimension=0, int8=False, postprocess=LOW,
             description="gem + class-agnostic NMS + detection score >= 0.05"),
-    Variant("low-threshold-min-area", pooling="gem", dimension=0, int8=False,
+    Variant("low-threshold-min-area", embedder=RESNET, pooling="gem", dimension=0, int8=False,
             postprocess={**LOW, "min_box_fraction": "0.01"},
             description="low-threshold + no boxes under 1 % of the photo"),
-    Variant("low-threshold-no-full-boxes", pooling="gem", dimension=0, int8=False,
+    Variant("low-threshold-no-full-boxes", embedder=RESNET, pooling="gem", dimension=0, int8=False,
             postprocess={**LOW, "max_box_fraction": "0.8"},
             description="low-threshold + no boxes over 80 % of the photo (the whole photo is searched anyway)"),
     Variant("shipped-float", int8=False,
