@@ -16,6 +16,7 @@ from tools.local_stack import free_port
 
 DEFAULT_PORT = 19530
 SERVER_PORTS = (DEFAULT_PORT, 2379, 9091)  # gRPC, embedded etcd, metrics
+SHARED_STATE = "/tmp/milvus"
 
 
 def _wait_until_serving(uri: str, timeout_s: float, log_path: Path) -> None:
@@ -54,6 +55,8 @@ class MilvusServer:
         taken = [p for p in SERVER_PORTS if _port_in_use(p)]
         if taken:
             raise RuntimeError(f"ports {taken} are taken: another Milvus is running; stop it first")
+        # the server keeps node ids under /tmp/milvus; a previous server's leftovers make it hang
+        shutil.rmtree(SHARED_STATE, ignore_errors=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("milvus-server")
         self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir)],
@@ -95,7 +98,7 @@ class MilvusServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        shutil.rmtree("/tmp/milvus", ignore_errors=True)
+        shutil.rmtree(SHARED_STATE, ignore_errors=True)
 
 
 class MilvusLiteServer:

@@ -21,20 +21,27 @@ from tests.integration.service_process import ServiceProcess
 from tools.demo import write_demo_catalog
 from tools.local_stack import start_search_service
 from tools.models import manifest as mf
-from tools.models.repository import copy_variant
+from tools.models import repository
 from tools.sample_photos import encode, reshoot
 from tools.triton_launcher import TritonServer
 
 ALIAS = "shop"
-OTHER_EMBEDDER = BUILD / "models" / "efficientnet-lite0"
+
+
+def other_embedder():
+    """A built-in embedder that is not the installed one."""
+    installed = repository.installed("embedder")[1]["name"]
+    name = next(n for n in ("efficientnet-lite0", "resnet50-opennsfw") if n != installed)
+    return BUILD / "models" / name
 
 
 @pytest.fixture(scope="module")
 def new_triton(tmp_path_factory):
-    require(OTHER_EMBEDDER / mf.MODEL_NAME, "the EfficientNet-Lite0 embedder", "`make models` builds every built-in")
+    other = other_embedder()
+    require(other / mf.MODEL_NAME, f"the {other.name} embedder", "`make models` builds every built-in")
     folder = tmp_path_factory.mktemp("new-models")
-    repository = copy_variant(folder / "repository", embedder=OTHER_EMBEDDER)
-    with TritonServer(repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log") as server:
+    new_repository = repository.copy_variant(folder / "repository", embedder=other)
+    with TritonServer(new_repository, free_port(), free_port(), free_port(), log_path=folder / "triton.log") as server:
         yield server
 
 
@@ -94,7 +101,7 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
                          VS_MILVUS_COLLECTION=ALIAS).start()
     try:
         stats = new.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
-        assert stats.collection != old_collection and stats.models.embedder == "efficientnet-lite0"
+        assert stats.collection != old_collection and stats.models.embedder == other_embedder().name
         assert stats.products == 7
         response = new.search.SearchByImage(request, timeout=60)
         assert response.products[0].product_id == expected.products[0].product_id
