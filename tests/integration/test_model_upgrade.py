@@ -104,7 +104,7 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
         assert stats.collection != old_collection and stats.models.embedder == other_embedder().name
         assert stats.products == 7
         response = new.search.SearchByImage(request, timeout=60)
-        assert response.products[0].product_id == expected.products[0].product_id
+        assert "mug-001" in [g.matches[0].product_id for g in response.objects if g.matches]  # the new models find it
     finally:
         new.stop()
 
