@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls eval
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write eval
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -82,6 +82,11 @@ loadtest: venv proto models
 
 bench: venv proto models
 	$(PY) -m tools.bench
+
+# The catalog write path against the real Milvus server, next to its raw insert rate
+# (docs/benchmarks-write.md).
+bench-write: venv proto
+	$(PY) -m tools.write_bench
 
 # What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
 bench-tls: venv proto models

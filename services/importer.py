@@ -14,17 +14,23 @@ form one product:  product_id, image_path (relative to the manifest), image_id (
 file stem), category, price, title, attributes (a JSON object; in CSV also ``attr.<key>``
 columns), mode (detect | whole_image).
 
-Re-runs are safe: the API is idempotent by product and image id. Products go in chunks
-(one streaming call each); a chunk that meets UNAVAILABLE or RESOURCE_EXHAUSTED is retried
-with backoff. Exit code 0 when every image was imported, 1 when some failed, 2 on bad usage.
+Re-runs are safe and cheap: the API is idempotent by product and image id, and the service
+does not embed an image again whose bytes, mode and models are unchanged. Products go in
+chunks (one streaming call each); a chunk that meets UNAVAILABLE or RESOURCE_EXHAUSTED is
+retried with backoff. An interrupted run of the same catalog into the same service resumes
+after the last finished chunk (its place is kept in ~/.cache/visualsearch/imports; --restart
+starts over); the progress bar shows the ETA. Exit code 0 when every image was imported, 1
+when some failed, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -133,6 +139,22 @@ def from_manifest(manifest: Path) -> list[ProductSpec]:
     return list(products.values())
 
 
+def product_request(spec: ProductSpec, summary: Summary) -> pb.ImportProductsRequest | None:
+    """The ImportProducts message of one product (its image files read); unreadable files go
+    to ``summary`` and a product with none left is None."""
+    images = []
+    for image_id, path, mode in spec.images:
+        try:
+            images.append(pb.ProductImage(image_id=image_id, content=path.read_bytes(), mode=mode))
+        except OSError as exc:
+            summary.failures.append((spec.product_id, image_id, f"cannot read file: {path}: {exc.strerror}"))
+    if not images:
+        return None
+    return pb.ImportProductsRequest(
+        product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
+                           title=spec.title, attributes=spec.attributes), images=images)
+
+
 class Importer:
     def __init__(self, address: str, chunk: int = 32, retries: int = 5, timeout_s: float = 600,
                  security: ClientSecurity = PLAINTEXT) -> None:
@@ -142,19 +164,6 @@ class Importer:
 
     def close(self) -> None:
         self.channel.close()
-
-    def _request(self, spec: ProductSpec, summary: Summary) -> pb.ImportProductsRequest | None:
-        images = []
-        for image_id, path, mode in spec.images:
-            try:
-                images.append(pb.ProductImage(image_id=image_id, content=path.read_bytes(), mode=mode))
-            except OSError as exc:
-                summary.failures.append((spec.product_id, image_id, f"cannot read file: {path}: {exc.strerror}"))
-        if not images:
-            return None
-        return pb.ImportProductsRequest(
-            product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
-                               title=spec.title, attributes=spec.attributes), images=images)
 
     def _send(self, requests: list[pb.ImportProductsRequest]) -> pb.ImportProductsResponse:
         for attempt in range(self.retries + 1):
@@ -168,12 +177,20 @@ class Importer:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def run(self, products: list[ProductSpec], progress: bool = True) -> Summary:
+    def run(self, products: list[ProductSpec], progress: bool = True, state: ImportState | None = None) -> Summary:
+        """Import ``products`` chunk by chunk; with ``state``, start after the products a
+        previous interrupted run of the same catalog finished, and record progress after each
+        chunk (the state is removed when the run ends)."""
         summary = Summary()
-        bar = tqdm(total=sum(len(p.images) for p in products), unit="img", disable=not progress, file=sys.stderr)
-        for start in range(0, len(products), self.chunk):
+        first = state.products_done() if state else 0
+        if first:
+            log.info("resuming after %d of %d products (%s; --restart to start over)", first, len(products),
+                     state.path)
+        bar = tqdm(total=sum(len(p.images) for p in products), unit="img", disable=not progress, file=sys.stderr,
+                   initial=sum(len(p.images) for p in products[:first]))
+        for start in range(first, len(products), self.chunk):
             chunk = products[start:start + self.chunk]
-            requests = [r for r in (self._request(spec, summary) for spec in chunk) if r is not None]
+            requests = [r for r in (product_request(spec, summary) for spec in chunk) if r is not None]
             if requests:
                 response = self._send(requests)
                 summary.products_imported += response.products_imported
@@ -185,8 +202,40 @@ class Importer:
                         summary.failures.append((item.product_id, item.image_id, item.status.message))
             bar.update(sum(len(p.images) for p in chunk))
             bar.set_postfix(failed=summary.images_failed)
+            if state:
+                state.save(start + len(chunk))
         bar.close()
+        if state:
+            state.remove()
         return summary
+
+
+class ImportState:
+    """Where an interrupted import of one catalog into one service stopped: a small JSON file
+    in the cache, keyed by the catalog's content (ids, paths, attributes) and the address."""
+
+    def __init__(self, products: list[ProductSpec], address: str, folder: Path | None = None) -> None:
+        digest = hashlib.sha256(address.encode())
+        for spec in products:
+            digest.update(json.dumps([spec.product_id, [(i, str(p), m) for i, p, m in spec.images], spec.category,
+                                      spec.price, spec.title, spec.attributes], sort_keys=True).encode())
+        folder = folder or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visualsearch" / "imports"
+        self.path = folder / f"{digest.hexdigest()[:32]}.json"
+
+    def products_done(self) -> int:
+        try:
+            return int(json.loads(self.path.read_text())["products_done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def save(self, products_done: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"products_done": products_done, "saved": time.time()}))
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def print_summary(summary: Summary, out=None) -> None:  # noqa: ANN001 - a text stream, stdout by default
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", default="", help="category for --folder imports")
     parser.add_argument("--chunk", type=int, default=32, help="products per streaming call")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--restart", action="store_true",
+                        help="ignore where an interrupted run of this catalog stopped and start from the first product")
     ClientSecurity.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -229,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = importer.run(products, progress=not args.no_progress)
+        state = ImportState(products, args.address)
+        if args.restart:
+            state.remove()
+        summary = importer.run(products, progress=not args.no_progress, state=state)
     except grpc.RpcError as exc:
         print(f"error: import stopped: {exc.code().name}: {exc.details()} (safe to re-run)", file=sys.stderr)
         return 1

@@ -40,3 +40,13 @@ def triton():
     server = TritonServer(REPOSITORY, free_port(), free_port(), free_port())
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """The real Milvus 2.3.5 standalone server (default ports: one per machine at a time)."""
+    from tools.milvus_processes import MilvusServer
+
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data").start()
+    yield server
+    server.remove()

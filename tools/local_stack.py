@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 def start_search_service(address: str, triton_url: str, milvus_uri: str, log_path: Path,
-                         detach: bool = False, security: ClientSecurity = PLAINTEXT, **env: str) -> subprocess.Popen:
+                         detach: bool = False, security: ClientSecurity = PLAINTEXT, timeout_s: float = 120,
+                         **env: str) -> subprocess.Popen:
     """Start ``services.search.server`` and return once its health is SERVING (asked over
     ``security``: the service's port speaks TLS only when it is configured with it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ def start_search_service(address: str, triton_url: str, milvus_uri: str, log_pat
     process = subprocess.Popen([sys.executable, "-m", "services.search.server"], cwd=ROOT, env=full_env,
                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=detach)
     try:
-        wait_health(address, process, health_pb2.HealthCheckResponse.SERVING, 120, log_path, security)
+        wait_health(address, process, health_pb2.HealthCheckResponse.SERVING, timeout_s, log_path, security)
     except TimeoutError:
         process.kill()
         raise

@@ -15,6 +15,8 @@ from pathlib import Path
 from tools.local_stack import free_port
 
 DEFAULT_PORT = 19530
+SERVER_PORTS = (DEFAULT_PORT, 2379, 9091)  # gRPC, embedded etcd, metrics
+SHARED_STATE = "/tmp/milvus"
 
 
 def _wait_until_serving(uri: str, timeout_s: float, log_path: Path) -> None:
@@ -46,14 +48,25 @@ class MilvusServer:
         self.uri = "http://127.0.0.1:19530"
 
     def start(self, timeout_s: float = 180) -> MilvusServer:
-        if _port_in_use(DEFAULT_PORT):
-            raise RuntimeError(f"port {DEFAULT_PORT} is taken: another Milvus is running; stop it first")
+        # a server still shutting down holds its embedded etcd's port: the new one would hang
+        deadline = time.monotonic() + 30
+        while any(_port_in_use(p) for p in SERVER_PORTS) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        taken = [p for p in SERVER_PORTS if _port_in_use(p)]
+        if taken:
+            raise RuntimeError(f"ports {taken} are taken: another Milvus is running; stop it first")
+        # the server keeps node ids under /tmp/milvus; a previous server's leftovers make it hang
+        shutil.rmtree(SHARED_STATE, ignore_errors=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("milvus-server")
         self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir)],
                                         stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log")
+        try:
+            _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log")
+        except TimeoutError:
+            self.stop(kill=True)  # never leave a half-started server holding the ports
+            raise
         return self
 
     def _binary_pids(self) -> list[int]:
@@ -85,7 +98,7 @@ class MilvusServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        shutil.rmtree("/tmp/milvus", ignore_errors=True)
+        shutil.rmtree(SHARED_STATE, ignore_errors=True)
 
 
 class MilvusLiteServer:

@@ -41,7 +41,7 @@ class Backends:
             problems["milvus"] = "not connected: the embedding dimension comes from Triton, which is down"
             return problems
         try:
-            await asyncio.to_thread(self.store.ping, self.models.dimension)
+            await asyncio.to_thread(self.store.ping, self.models)
         except ServiceError as exc:
             problems["milvus"] = str(exc)
         return problems

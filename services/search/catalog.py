@@ -1,15 +1,19 @@
 """ImportProducts, DeleteProducts and GetCatalogStats.
 
 Writes are serialised by one lock (Milvus Lite wants a single writer; on a server it keeps
-each product's upsert + delete pair ordered). An import returns once its rows are visible
-at the search consistency level, so searches can stay on the cheaper level.
+each upsert + delete pair ordered) and batched: the rows of many products go in one upsert
+and one delete. An image whose content key (bytes, mode, region, models) matches its stored
+rows is not embedded again. An import returns once its rows are visible at the search
+consistency level, so searches can stay on the cheaper level.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,11 +26,89 @@ from services.search.config import Settings
 from services.search.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ServiceError
 from services.search.milvus_store import row_key
 from services.search.search import IMAGE_LABEL, REGION_LABEL
-from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE
+from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE, ModelVersions
 from services.search.validation import check_delete, check_image, check_product, check_region
 
 Remaining = Callable[[], float | None]
 Embedded = tuple[np.ndarray, np.ndarray, list[str]]  # embeddings, boxes, labels
+
+
+@dataclass
+class Prepared:
+    product_id: str
+    rows: list[dict[str, Any]]  # empty: nothing to write (invalid, every image failed, or all as stored)
+    statuses: list[pb.ImportItemStatus]
+    stale: list[str] = field(default_factory=list)  # stored keys the new rows do not replace
+
+
+class StoredRows:
+    """The stored rows of the products an import is preparing, read for many products in one
+    Milvus query: the products waiting while one query runs go together in the next."""
+
+    MAX_PRODUCTS = 512
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.queue: list[tuple[str, asyncio.Future]] = []
+        self.reading = False
+
+    async def rows(self, product_id: str) -> list[dict[str, Any]]:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((product_id, future))
+        if not self.reading:
+            self.reading = True
+            asyncio.create_task(self._read())
+        return await future
+
+    async def _read(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the products arriving together queue up
+            while self.queue:
+                batch, self.queue = self.queue[:self.MAX_PRODUCTS], self.queue[self.MAX_PRODUCTS:]
+                try:
+                    rows = await asyncio.to_thread(self.store.product_rows, sorted({pid for pid, _ in batch}))
+                except Exception as exc:  # every waiting product gets the error
+                    for _, future in batch:
+                        future.set_exception(exc)
+                    continue
+                by_product: dict[str, list[dict[str, Any]]] = {}
+                for row in rows:
+                    by_product.setdefault(row["product_id"], []).append(row)
+                for pid, future in batch:
+                    future.set_result(by_product.get(pid, []))
+        finally:
+            self.reading = False
+
+
+def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True) -> str:
+    """What decides an image's rows: its bytes, embed mode and region, both models, and
+    whether the whole image is stored besides its objects."""
+    digest = hashlib.sha256()
+    region = image.region
+    digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{image.mode}:{region.x_min}:{region.y_min}:"
+                  f"{region.x_max}:{region.y_max}:{store_whole_image}:".encode())
+    digest.update(image.content)
+    return digest.hexdigest()
+
+
+def _as_stored(rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> bool:
+    """The new rows equal the stored ones, key for key and field for field."""
+    if len(rows) != len(stored):
+        return False
+    by_key = {row["pk"]: row for row in stored}
+    return all(row["pk"] in by_key and all(by_key[row["pk"]].get(k) == v for k, v in row.items() if k != "vector")
+               for row in rows)
+
+
+def _flag_heads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flag the product's first row and each image's first row (what the stats count)."""
+    rows = sorted(rows, key=lambda r: r["pk"])
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        row["product_head"] = i == 0
+        row["image_head"] = row["image_id"] not in seen
+        seen.add(row["image_id"])
+    return rows
 
 
 class Catalog:
@@ -62,17 +144,11 @@ class Catalog:
                                         triton.embed_region(image.content, region, remaining()), remaining())
         return embeddings, boxes, [label]
 
-    def _write_product(self, pid: str, rows: list[dict[str, Any]], failed: list[str],
-                       attributes: dict[str, Any]) -> set[str]:
-        """Store ``rows`` as the product's vectors, keeping the old vectors of images that
-        failed this time (with the new attributes). Runs in a worker thread."""
-        store = self.backends.store
-        if failed:
-            rows = rows + [{**row, **attributes} for row in store.image_rows(pid, failed)]
-        return store.replace_product(pid, rows)
-
-    async def _import_one(self, req: pb.ImportProductsRequest, limiter: asyncio.Semaphore, remaining: Remaining,
-                          written: dict[str, set[str]]) -> list[pb.ImportItemStatus]:
+    async def _prepare(self, req: pb.ImportProductsRequest, limiter: asyncio.Semaphore, remaining: Remaining,
+                       models: ModelVersions, reader: StoredRows) -> Prepared:
+        """One product's rows, ready to write: images whose content key matches their stored
+        rows keep those vectors (no Triton call), the others are embedded, and images that fail
+        keep their old vectors; every row gets the new attributes."""
         pid = req.product.product_id
 
         def status(image_id: str, error: ServiceError | None, vectors: int = 0) -> pb.ImportItemStatus:
@@ -82,7 +158,18 @@ class Catalog:
         try:
             attributes = check_product(req, self.settings)
         except InvalidInput as exc:
-            return [status(img.image_id, exc) for img in req.images] or [status("", exc)]
+            return Prepared(pid, [], [status(img.image_id, exc) for img in req.images] or [status("", exc)])
+        try:
+            stored = await reader.rows(pid)
+        except ServiceError as exc:
+            return Prepared(pid, [], [status(img.image_id, exc) for img in req.images])
+        by_image: dict[str, list[dict[str, Any]]] = {}
+        for row in sorted(stored, key=lambda r: r["pk"]):
+            by_image.setdefault(row["image_id"], []).append(row)
+
+        def unchanged(image: pb.ProductImage, key: str) -> bool:
+            old = by_image.get(image.image_id, [])
+            return bool(old) and all(row.get("content_key") == key for row in old)
 
         async def embed(image: pb.ProductImage) -> Embedded | ServiceError:
             async with limiter:
@@ -91,29 +178,73 @@ class Catalog:
                 except ServiceError as exc:
                     return exc
 
-        outcomes = await asyncio.gather(*(embed(img) for img in req.images))
+        keys = [content_key(image, models, self.settings.store_whole_image) for image in req.images]
+        todo = [img for img, key in zip(req.images, keys, strict=True) if not unchanged(img, key)]
+        outcomes = dict(zip([img.image_id for img in todo], await asyncio.gather(*(embed(img) for img in todo)),
+                            strict=True))
         rows: list[dict[str, Any]] = []
-        counts: dict[str, int] = {}
-        for image, outcome in zip(req.images, outcomes, strict=True):
-            if isinstance(outcome, ServiceError):
+        statuses = []
+        for image, key in zip(req.images, keys, strict=True):
+            outcome = outcomes.get(image.image_id)
+            if outcome is None or isinstance(outcome, ServiceError):
+                # unchanged, or failed this time: the image keeps its rows, with the new attributes
+                rows += [{**row, **attributes} for row in by_image.get(image.image_id, [])]
+                count = len(by_image.get(image.image_id, [])) if outcome is None else 0
+                statuses.append(status(image.image_id, outcome, count))
+                metrics.IMPORTED_IMAGES.labels("unchanged" if outcome is None else "failed").inc()
                 continue
             embeddings, boxes, labels = outcome
-            counts[image.image_id] = len(embeddings)
+            statuses.append(status(image.image_id, None, len(embeddings)))
+            metrics.IMPORTED_IMAGES.labels("embedded").inc()
             for k, (vector, box, label) in enumerate(zip(embeddings, boxes, labels, strict=True)):
                 rows.append({"pk": row_key(pid, image.image_id, k), "product_id": pid, "image_id": image.image_id,
-                             "label": label[:pf.LABEL_MAX], "box": mapping.box_fields(box), "vector": vector.tolist(),
-                             **attributes})
-        failed = [img.image_id for img, out in zip(req.images, outcomes, strict=True) if isinstance(out, ServiceError)]
-        if rows:  # nothing stored changes when every image of the product failed
-            try:
-                async with self._write_lock:
-                    written[pid] = await timed(metrics.MILVUS_SECONDS.labels("upsert"),
-                                               asyncio.to_thread(self._write_product, pid, rows, failed, attributes),
-                                               None)
-            except ServiceError as exc:
-                return [status(img.image_id, exc) for img in req.images]
-        return [status(img.image_id, out if isinstance(out, ServiceError) else None, counts.get(img.image_id, 0))
-                for img, out in zip(req.images, outcomes, strict=True)]
+                             "label": label[:pf.LABEL_MAX], "box": mapping.box_fields(box),
+                             "vector": np.asarray(vector, np.float32).tolist(), "content_key": key, **attributes})
+        if not any(s.status.code == 0 for s in statuses):
+            return Prepared(pid, [], statuses)  # nothing stored changes when every image of the product failed
+        rows = _flag_heads(rows)
+        keys = {row["pk"] for row in rows}
+        if not outcomes and _as_stored(rows, stored):
+            metrics.IMPORTED_PRODUCTS_UNCHANGED.inc()
+            return Prepared(pid, [], statuses)  # every image and attribute as stored: nothing to write
+        return Prepared(pid, rows, statuses, sorted(row["pk"] for row in stored if row["pk"] not in keys))
+
+    async def _write(self, batch: list[Prepared], written: dict[str, set[str]]) -> None:
+        """One upsert + delete for the rows of many products; if it fails, every product of
+        the batch reports the error (each is then unchanged or fully written: retry is safe)."""
+        rows = {p.product_id: p.rows for p in batch if p.rows}
+        if not rows:
+            return
+        stale = [key for p in batch if p.rows for key in p.stale]
+        try:
+            async with self._write_lock:
+                keys = await timed(metrics.MILVUS_SECONDS.labels("upsert"),
+                                   asyncio.to_thread(self.backends.store.replace_products, rows, stale), None)
+        except ServiceError as exc:
+            for p in batch:
+                if p.rows:
+                    p.statuses = [pb.ImportItemStatus(product_id=s.product_id, image_id=s.image_id,
+                                                      status=mapping.status(exc)) for s in p.statuses]
+            return
+        written.update(keys)
+
+    async def _write_done(self, tasks: list[asyncio.Task], start: int, written: dict[str, set[str]],
+                          final: bool) -> int:
+        """Write the prepared products from ``start`` on, in request order, in batches of about
+        VS_IMPORT_WRITE_BATCH_ROWS rows; a partial batch waits for more unless ``final``.
+        Returns the index of the first product not yet written."""
+        limit = self.settings.import_write_batch_rows
+        while True:
+            batch, count = [], 0
+            for task in tasks[start:]:
+                if not task.done() or count >= limit:
+                    break
+                batch.append(task.result())
+                count += len(batch[-1].rows)
+            if not batch or (count < limit and not final) or (final and not batch):
+                return start
+            await self._write(batch, written)
+            start += len(batch)
 
     async def _bounded(self, requests: AsyncIterator[pb.ImportProductsRequest]
                        ) -> AsyncIterator[pb.ImportProductsRequest]:
@@ -148,24 +279,31 @@ class Catalog:
 
     async def import_products(self, requests: AsyncIterator[pb.ImportProductsRequest],
                               remaining: Remaining) -> pb.ImportProductsResponse:
-        self.backends.ready()
+        models = self.backends.ready()
         store = self.backends.store
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
+        reader = StoredRows(store)
         tasks: list[asyncio.Task] = []
         written: dict[str, set[str]] = {}  # product id -> the row keys it has after this call
+        done = 0  # products written (or left unchanged) so far, in request order
         try:
             async for req in self._bounded(requests):
-                tasks.append(asyncio.create_task(self._import_one(req, limiter, remaining, written)))
+                tasks.append(asyncio.create_task(self._prepare(req, limiter, remaining, models, reader)))
                 # Backpressure: read further products only while few are being embedded.
                 while sum(not t.done() for t in tasks) >= 2 * self.settings.import_concurrency:
                     await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+                done = await self._write_done(tasks, done, written, final=False)
         except ServiceError:
             # The stream broke off: finish the products already received (each is written
             # whole or not at all), then report the stream's error.
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._write_done(tasks, done, written, final=True)
             raise
+        await asyncio.gather(*tasks)
+        await self._write_done(tasks, done, written, final=True)
         response = pb.ImportProductsResponse()
-        for statuses in await asyncio.gather(*tasks):
+        for task in tasks:
+            statuses = task.result().statuses
             response.items.extend(statuses)
             ok = [s for s in statuses if s.status.code == 0]
             response.products_imported += 1 if ok else 0

@@ -89,6 +89,9 @@ class Settings:
                                     _positive)
     import_concurrency: int = _setting("VS_IMPORT_CONCURRENCY", 4, "images embedded at once per import call",
                                        int, _positive)
+    import_write_batch_rows: int = _setting("VS_IMPORT_WRITE_BATCH_ROWS", 1024,
+                                            "rows of many products written in one Milvus upsert + delete",
+                                            int, _positive)
     health_interval_s: float = _setting("VS_HEALTH_INTERVAL_S", 5.0,
                                         "seconds between dependency probes (a real inference and a Milvus query)",
                                         float, _positive)

@@ -7,6 +7,7 @@ call carries a timeout so a dead Milvus turns into UNAVAILABLE instead of a hang
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -23,11 +24,18 @@ from pymilvus.exceptions import MilvusException
 from services.search import product_fields as pf
 from services.search.config import Settings
 from services.search.errors import BackendUnavailable, InvalidInput
-from services.search.filters import literal, string_list
+from services.search.filters import string_list
+from services.search.triton_client import ModelVersions
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = list(pf.STORED_FIELDS)
+# Per row, not returned by searches: the image's content key (what an import compares to skip
+# re-embedding an unchanged image) and flags on one row per product and per image (what
+# GetCatalogStats counts instead of scanning every row).
+CONTENT_KEY_LENGTH = 64
+BOOKKEEPING_FIELDS = ("content_key", "product_head", "image_head")
+KEPT_FIELDS = ["pk", "vector", *OUTPUT_FIELDS, *BOOKKEEPING_FIELDS]
 MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
 
 
@@ -39,6 +47,21 @@ class SchemaMismatch(RuntimeError):
 class Hit:
     similarity: float
     fields: dict[str, Any]
+
+
+def collection_for(alias: str, models: ModelVersions) -> str:
+    """The collection of one pair of models: its name carries their sha256 (the alias
+    VS_MILVUS_COLLECTION points to the one in service)."""
+    key = hashlib.sha256(f"{models.detector_sha256}:{models.embedder_sha256}".encode()).hexdigest()[:16]
+    return f"{alias}__{key}"
+
+
+def alias_target(client: MilvusClient, alias: str, timeout: float) -> str | None:
+    """The collection an alias points to; None when there is no such alias."""
+    try:
+        return client.describe_alias(alias, timeout=timeout)["collection_name"]
+    except MilvusException:
+        return None
 
 
 def row_key(product_id: str, image_id: str, index: int) -> str:
@@ -56,6 +79,7 @@ class MilvusStore:
         self.collection = settings.milvus_collection
         self.is_server = settings.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         self._client: MilvusClient | None = None
+        self._resolved: str | None = None  # the collection this process settled on
         self._lock = threading.Lock()
 
     @property
@@ -63,20 +87,24 @@ class MilvusStore:
         return "milvus-server" if self.is_server else "milvus-lite"
 
     # -- connection -------------------------------------------------------------------
-    def connect(self, dimension: int) -> None:
-        """Open the client, create the collection if missing, check it, load it once."""
+    def connect(self, models: ModelVersions, bind_alias: bool = True) -> None:
+        """Open the client and settle on the collection of these models: the one that the
+        name VS_MILVUS_COLLECTION (an alias) points to, which must have been built for these
+        models; when neither exists, create it and the alias (``bind_alias=False`` creates
+        only the collection: how a new model's collection is built beside the live one).
+        Then check the schema and load it once. The resolved collection is kept across
+        reconnects: an alias switch reaches this process when it restarts (with new models)."""
         with self._lock:
             if self._client is not None:
                 return
-            self.dimension = dimension
+            self.dimension = models.dimension
             uri = self.settings.milvus_uri
             if not self.is_server:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
-                                      timeout=self.timeout, **self._tls())
-                if not client.has_collection(self.collection, timeout=self.timeout):
-                    self._create(client)
+                                      timeout=self.timeout, **self.tls_arguments())
+                self.collection = self._resolved = self._resolve(client, models, bind_alias)
                 self._check_schema(client)
                 client.load_collection(self.collection, timeout=max(60.0, self.timeout))
             except SchemaMismatch:
@@ -86,10 +114,37 @@ class MilvusStore:
             except Exception as exc:  # grpc / connection errors from pymilvus internals
                 raise BackendUnavailable(f"Milvus at {uri} is unavailable: {exc}") from None
             self._client = client
-            log.info("milvus ready", extra={"uri": uri, "collection": self.collection,
-                                            "mode": self.mode})
+            log.info("milvus ready", extra={"uri": uri, "alias": self.settings.milvus_collection,
+                                            "collection": self.collection, "mode": self.mode})
 
-    def _tls(self) -> dict[str, Any]:
+    def _resolve(self, client: MilvusClient, models: ModelVersions, bind_alias: bool) -> str:
+        alias = self.settings.milvus_collection
+        wanted = collection_for(alias, models)
+        if self._resolved == wanted and client.has_collection(wanted, timeout=self.timeout):
+            return wanted  # a reconnect keeps the collection this process started with
+        if not bind_alias:
+            if not client.has_collection(wanted, timeout=self.timeout):
+                self._create(client, wanted, models)
+            return wanted
+        current = None
+        if client.has_collection(alias, timeout=self.timeout):  # true for an alias too
+            # else a plain collection of that name, made before collections per model
+            current = alias_target(client, alias, self.timeout) or alias
+        if current is None:
+            if not client.has_collection(wanted, timeout=self.timeout):
+                self._create(client, wanted, models)
+            client.create_alias(wanted, alias, timeout=self.timeout)
+            return wanted
+        if current != wanted:
+            raise SchemaMismatch(
+                f"VS_MILVUS_COLLECTION {alias!r} points to collection {current!r}, which was not built for the "
+                f"models Triton serves (detector {models.detector} {models.detector_sha256[:12]}, embedder "
+                f"{models.embedder} {models.embedder_sha256[:12]}; their collection is {wanted!r}). Build it and "
+                f"switch {alias!r} to it without downtime: python -m services.catalog_upgrade (README, "
+                "'Upgrading the models'); or set VS_MILVUS_COLLECTION to another name")
+        return current
+
+    def tls_arguments(self) -> dict[str, Any]:
         """pymilvus' TLS arguments: one-way with a CA, mutual with a client certificate too."""
         s = self.settings
         if not s.milvus_tls_ca:
@@ -108,25 +163,29 @@ class MilvusStore:
                     pass
                 self._client = None
 
-    def _create(self, client: MilvusClient) -> None:
+    def _create(self, client: MilvusClient, name: str, models: ModelVersions) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="visual product search: one row per catalog object")
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=pf.PRODUCT_KEY_MAX)
         types = {"box": DataType.JSON, "price": DataType.DOUBLE, "attributes": DataType.JSON}
-        for name, max_length in pf.STORED_FIELDS.items():
+        for field_name, max_length in pf.STORED_FIELDS.items():
             if max_length is None:
-                schema.add_field(name, types[name])
+                schema.add_field(field_name, types[field_name])
             else:
-                schema.add_field(name, DataType.VARCHAR, max_length=max_length)
+                schema.add_field(field_name, DataType.VARCHAR, max_length=max_length)
+        schema.add_field("content_key", DataType.VARCHAR, max_length=CONTENT_KEY_LENGTH)
+        schema.add_field("product_head", DataType.BOOL)
+        schema.add_field("image_head", DataType.BOOL)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
         index = client.prepare_index_params()
         index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
                         params=self.settings.effective_index_params)
-        client.create_collection(self.collection, schema=schema, index_params=index,
+        client.create_collection(name, schema=schema, index_params=index,
                                  consistency_level=self.settings.consistency_level,
                                  timeout=self.timeout)
-        log.info("created collection", extra={"collection": self.collection, "dimension": self.dimension,
-                                              "index_type": self.settings.index_type})
+        log.info("created collection", extra={"collection": name, "dimension": self.dimension,
+                                              "index_type": self.settings.index_type, "detector": models.detector,
+                                              "embedder": models.embedder})
 
     def _check_schema(self, client: MilvusClient) -> None:
         info = client.describe_collection(self.collection, timeout=self.timeout)
@@ -135,6 +194,12 @@ class MilvusStore:
         if missing:
             raise SchemaMismatch(f"collection {self.collection!r} lacks fields {missing}; "
                                  "it was not created by this service (set VS_MILVUS_COLLECTION)")
+        missing = [name for name in BOOKKEEPING_FIELDS if name not in fields]
+        if missing:
+            raise SchemaMismatch(
+                f"collection {self.collection!r} lacks fields {missing}: it was made by a version without "
+                "incremental imports and cheap stats; set VS_MILVUS_COLLECTION to a new name and re-import the "
+                "catalog into it (docs: README, 'Importing a catalog')")
         dim = int(fields["vector"].get("params", {}).get("dim", 0))
         if dim != self.dimension:
             raise SchemaMismatch(
@@ -164,10 +229,10 @@ class MilvusStore:
         self.disconnect()
 
     # -- reads ------------------------------------------------------------------------
-    def ping(self, dimension: int) -> None:
+    def ping(self, models: ModelVersions) -> None:
         """Raises BackendUnavailable unless a real query on the loaded collection works."""
         if self._client is None:
-            self.connect(dimension)
+            self.connect(models)
         client = self._connected()
         with self._failures("health query"):
             client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Eventually",
@@ -185,22 +250,14 @@ class MilvusStore:
         return [[Hit(float(h["distance"]), h["entity"]) for h in hits] for hits in results]
 
     def stats(self) -> dict[str, Any]:
-        vectors = self._count("")
-        products, images = set(), set()
+        """Counts of flagged rows (one per product, one per image) and of all rows: Milvus counts
+        them itself, no row travels to the service, however large the catalog."""
+        products, images, vectors = (self._count("product_head == true"), self._count("image_head == true"),
+                                     self._count(""))
         client = self._connected()
-        with self._failures("stats scan"):
-            iterator = client.query_iterator(self.collection, batch_size=4096, filter="",
-                                             output_fields=["product_id", "image_id"], timeout=self.timeout)
-            try:
-                while batch := iterator.next():
-                    for row in batch:
-                        products.add(row["product_id"])
-                        images.add((row["product_id"], row["image_id"]))
-            finally:
-                iterator.close()
         with self._failures("describe index"):
             index = client.describe_index(self.collection, "vector", timeout=self.timeout) or {}
-        return {"products": len(products), "images": len(images), "vectors": vectors,
+        return {"products": products, "images": images, "vectors": vectors,
                 "index_type": index.get("index_type", ""), "index_state": str(index.get("state", "")),
                 "indexed_vectors": int(index.get("indexed_rows", 0) or 0)}
 
@@ -211,32 +268,36 @@ class MilvusStore:
                                 consistency_level=self.settings.consistency_level, timeout=self.timeout)
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def image_rows(self, product_id: str, image_ids: list[str]) -> list[dict[str, Any]]:
-        """The stored rows (vectors included) of some images of a product, read at Strong
-        consistency: what an import keeps for images that failed this time."""
+    def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        """The stored rows (vectors included) of these products, at the configured consistency
+        level: what an import reuses for unchanged images and keeps for images that failed.
+        Reading a little behind is safe: a row is reused only when its content key (image
+        bytes, mode, region and models) equals the new image's, and then its vectors are the
+        ones a new embedding would give."""
         client = self._connected()
-        expression = f"product_id == {literal(product_id)} and image_id in {string_list(image_ids)}"
-        with self._failures("read kept rows"):
-            return client.query(self.collection, filter=expression, output_fields=["pk", "vector", *OUTPUT_FIELDS],
-                                consistency_level="Strong", timeout=self.timeout)
+        with self._failures("read stored rows"):
+            return client.query(self.collection, filter=f"product_id in {string_list(product_ids)}",
+                                output_fields=KEPT_FIELDS, consistency_level=self.settings.consistency_level,
+                                timeout=self.timeout)
 
     # -- writes (the service serialises them) -------------------------------------------
-    def replace_product(self, product_id: str, rows: list[dict[str, Any]]) -> set[str]:
-        """Make ``rows`` all of the product's vectors. Upsert first, then delete the leftovers,
-        so the product is never missing from search. Returns the keys it now has."""
-        if not rows:
-            return set()
+    def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],
+                         stale_keys: list[str]) -> dict[str, set[str]]:
+        """Write the rows of many products in one upsert, then delete ``stale_keys`` (their
+        rows that the new ones do not replace) by primary key: no product is ever missing from
+        search, and the rows of one call become visible together. Returns each product's keys."""
+        rows = [row for product_rows in rows_by_product.values() for row in product_rows]
         for row in rows:
             if len(row["pk"]) > pf.PRODUCT_KEY_MAX:
                 raise InvalidInput(f"product/image ids too long for a key: {row['pk'][:60]}...")
         client = self._connected()
-        keys = [row["pk"] for row in rows]
-        with self._failures("upsert"):
-            client.upsert(self.collection, data=rows, timeout=self.timeout)
-        with self._failures("delete stale rows"):
-            client.delete(self.collection, filter=f"product_id == {literal(product_id)} and pk not in "
-                                                  f"{string_list(keys)}", timeout=self.timeout)
-        return set(keys)
+        if rows:
+            with self._failures("upsert"):
+                client.upsert(self.collection, data=rows, timeout=self.timeout)
+        if stale_keys:
+            with self._failures("delete stale rows"):
+                client.delete(self.collection, ids=stale_keys, timeout=self.timeout)
+        return {pid: {row["pk"] for row in product_rows} for pid, product_rows in rows_by_product.items()}
 
     def delete_products(self, product_ids: list[str]) -> int:
         expression = f"product_id in {string_list(product_ids)}"

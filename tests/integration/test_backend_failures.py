@@ -11,24 +11,19 @@ import time
 
 import grpc
 import pytest
+import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 
 from services.api import pb
+from services.search import triton_client as tc
 from tests.conftest import REPOSITORY, free_port
 from tests.integration.service_process import ServiceProcess
 from tools.demo_catalog import import_requests
-from tools.milvus_processes import MilvusLiteServer, MilvusServer
+from tools.milvus_processes import MilvusLiteServer
 from tools.sample_photos import encode, reshoot
 from tools.triton_launcher import TritonServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory):
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data").start()
-    yield server
-    server.remove()
 
 
 def timed_search(svc: ServiceProcess, image: bytes) -> tuple[grpc.StatusCode, str, float]:
@@ -64,6 +59,42 @@ def test_milvus_server_uri_import_search_hang_and_recovery(triton, milvus_server
         assert cup.matches[0].product_id == "mug-001"
         after = svc.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
         assert (after.products, after.vectors) == (stats.products, stats.vectors)  # nothing lost
+    finally:
+        svc.stop()
+
+
+def detect_calls(triton) -> int:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    stats = client.get_inference_statistics(tc.DETECT_ENSEMBLE, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def test_a_milvus_server_catalog_reimported_unchanged_skips_triton_and_keeps_its_vectors(triton, milvus_server,
+                                                                                        tmp_path, photos):
+    svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "svc.log",
+                         VS_MILVUS_COLLECTION="incremental").start()
+    try:
+        items = import_requests(photos)
+        first = svc.import_products(items)
+        shot = encode(reshoot(photos["coffee"], photos["flower"].pixels, seed=11), quality=60)
+        expected = svc.search.SearchByImage(pb.SearchByImageRequest(image=shot, top_k=3), timeout=60)
+        before = detect_calls(triton)  # a search runs the detection ensemble too
+        again = svc.import_products(items)  # the same catalog: nothing to embed, nothing to write
+        assert detect_calls(triton) == before
+        assert (again.products_imported, again.vectors_written) == (first.products_imported, first.vectors_written)
+        # one product's price changes and one image is new: only that image is embedded
+        changed = [pb.ImportProductsRequest.FromString(item.SerializeToString()) for item in items]
+        changed[0].product.price += 1
+        changed[1].images[0].content = encode(photos["cat"].pixels, quality=80)
+        svc.import_products(changed)
+        assert detect_calls(triton) == before + 1
+        stats = svc.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
+        assert (stats.products, stats.images) == (len(items), sum(len(i.images) for i in items))
+        after = svc.search.SearchByImage(pb.SearchByImageRequest(image=shot, top_k=3), timeout=60)
+        cup = next(g for g in after.objects if g.label == "cup")
+        assert cup.matches[0].product_id == "mug-001"
+        assert cup.matches[0].similarity == pytest.approx(
+            next(g for g in expected.objects if g.label == "cup").matches[0].similarity, abs=1e-5)
     finally:
         svc.stop()
 

@@ -41,7 +41,10 @@ def test_int8_embeddings_stay_close_to_float(pipelines, photos):
     floating, int8 = pipelines
     crops = np.concatenate([floating.detect(encode(photos[name].pixels)).crops for name in LABELLED])
     cosine = (floating.embed(crops) * int8.embed(crops)).sum(axis=1)
-    assert cosine.min() > 0.98, cosine
+    # most crops keep their vector; a few unusual ones move more with EfficientNet-Lite0 (its
+    # depthwise layers quantize less evenly than ResNet-50's). What that costs in recall is
+    # measured by `make eval`: the `shipped` (INT8) and `shipped-float` rows of docs/evaluation.md.
+    assert np.median(cosine) > 0.98 and cosine.min() > 0.85, cosine
 
 
 def test_the_manifests_record_how_each_int8_file_was_made():

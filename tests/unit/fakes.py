@@ -4,6 +4,7 @@ search and catalog logic only (the integration tests use the real servers)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -86,12 +87,15 @@ class FakeStore:
         self.expressions: list[str] = []
         self.visible_waits: list[dict[str, set[str]]] = []
         self.seals = 0
+        self.reads = 0
+        self.read_seconds = 0.0  # how long a read takes (a Milvus query takes milliseconds)
+        self.writes: list[list[str]] = []  # the products of each replace_products call
 
-    def connect(self, dimension: int) -> None:
-        self.dimension = dimension
+    def connect(self, models: ModelVersions) -> None:
+        self.dimension = models.dimension
 
-    def ping(self, dimension: int) -> None:
-        self.connect(dimension)
+    def ping(self, models: ModelVersions) -> None:
+        self.connect(models)
 
     def disconnect(self) -> None:
         pass
@@ -105,15 +109,19 @@ class FakeStore:
             out.append(hits[:limit])
         return out
 
-    def image_rows(self, product_id: str, image_ids: list[str]) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.rows.values() if r["product_id"] == product_id and r["image_id"] in image_ids]
+    def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        self.reads += 1
+        time.sleep(self.read_seconds)
+        return [dict(r) for r in self.rows.values() if r["product_id"] in product_ids]
 
-    def replace_product(self, product_id: str, rows: list[dict[str, Any]]) -> set[str]:
-        keys = {row["pk"] for row in rows}
-        for pk in [pk for pk, r in self.rows.items() if r["product_id"] == product_id and pk not in keys]:
-            del self.rows[pk]
-        self.rows.update({row["pk"]: dict(row) for row in rows})
-        return keys
+    def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],
+                         stale_keys: list[str]) -> dict[str, set[str]]:
+        self.writes.append(sorted(rows_by_product))
+        for rows in rows_by_product.values():
+            self.rows.update({row["pk"]: dict(row) for row in rows})
+        for pk in stale_keys:
+            self.rows.pop(pk, None)
+        return {pid: {row["pk"] for row in rows} for pid, rows in rows_by_product.items()}
 
     def delete_products(self, product_ids: list[str]) -> int:
         doomed = [pk for pk, r in self.rows.items() if r["product_id"] in product_ids]
@@ -128,7 +136,8 @@ class FakeStore:
         self.visible_waits.append(expected)
 
     def stats(self) -> dict[str, Any]:
-        return {"products": len({r["product_id"] for r in self.rows.values()}),
-                "images": len({(r["product_id"], r["image_id"]) for r in self.rows.values()}),
-                "vectors": len(self.rows), "index_type": "FLAT", "index_state": "Finished",
+        rows = self.rows.values()
+        return {"products": sum(bool(r["product_head"]) for r in rows),
+                "images": sum(bool(r["image_head"]) for r in rows), "vectors": len(self.rows),
+                "index_type": "FLAT", "index_state": "Finished",
                 "indexed_vectors": len(self.rows)}

@@ -22,11 +22,14 @@ async def stream(requests):
         yield request
 
 
-def product(pid: str, *image_ids: str, category: str = "mugs", price: float = 9.5) -> pb.ImportProductsRequest:
+def product(pid: str, *image_ids: str, category: str = "mugs", price: float = 9.5,
+            contents: dict[str, bytes] | None = None) -> pb.ImportProductsRequest:
+    """A product whose images' bytes are their ids, unless ``contents`` says otherwise."""
+    contents = contents or {}
     return pb.ImportProductsRequest(
         product=pb.Product(product_id=pid, category=category, price=price, title=f"{pid} title",
                            attributes={"color": "red"}),
-        images=[pb.ProductImage(image_id=i, content=i.encode()) for i in image_ids])
+        images=[pb.ProductImage(image_id=i, content=contents.get(i, i.encode())) for i in image_ids])
 
 
 def do_import(catalog, *requests):
@@ -62,10 +65,10 @@ def test_a_failed_image_keeps_its_old_vectors_with_the_new_attributes(catalog, f
     fake_triton.detections[b"i2"] = objects(("cup", 0.9, GREEN))
     do_import(catalog, product("P", "i1", "i2"))
     old_i2 = fake_store.rows["P|i2|0"]["vector"]
-    # re-import: i1 re-shot, i2 now undecodable, new price
-    fake_triton.detections[b"i1"] = objects(("cup", 0.9, BLUE), ("cup", 0.8, GREEN))
-    del fake_triton.detections[b"i2"]
-    response = do_import(catalog, product("P", "i1", "i2", price=12.0))
+    # re-import: i1 re-shot, i2 replaced by undecodable bytes, new price
+    fake_triton.detections[b"i1 re-shot"] = objects(("cup", 0.9, BLUE), ("cup", 0.8, GREEN))
+    response = do_import(catalog, product("P", "i1", "i2", price=12.0,
+                                          contents={"i1": b"i1 re-shot", "i2": b"broken"}))
     statuses = {s.image_id: s for s in response.items}
     assert statuses["i1"].status.code == 0 and statuses["i1"].vectors == 3
     assert statuses["i2"].status.code == 3 and "not a decodable image" in statuses["i2"].status.message
@@ -86,8 +89,7 @@ def test_a_product_whose_every_image_fails_changes_nothing(catalog, fake_triton,
     fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED))
     do_import(catalog, product("P", "i1"))
     before = {k: dict(v) for k, v in fake_store.rows.items()}
-    del fake_triton.detections[b"i1"]
-    response = do_import(catalog, product("P", "i1", price=99.0))
+    response = do_import(catalog, product("P", "i1", price=99.0, contents={"i1": b"broken"}))
     assert response.products_imported == 0 and response.images_failed == 1
     assert fake_store.rows.keys() == before.keys() and fake_store.rows["P|i1|0"]["price"] == 9.5
 
@@ -130,7 +132,11 @@ def test_import_reads_ahead_only_a_bounded_number_of_products(settings, backends
                 yield product(f"P{i}", f"i{i}")
 
         task = asyncio.create_task(catalog.import_products(requests(), no_deadline))
-        await asyncio.sleep(0.05)
+        seen, stable_since = -1, asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - stable_since < 0.2:  # until the reading stops
+            await asyncio.sleep(0.01)
+            if len(consumed) != seen:
+                seen, stable_since = len(consumed), asyncio.get_running_loop().time()
         read_while_blocked = len(consumed)
         fake_triton.gate.set()
         return read_while_blocked, await task
@@ -163,3 +169,73 @@ def test_stats_report_the_store_and_the_models(catalog, fake_triton, fake_store)
     stats = asyncio.run(catalog.stats())
     assert (stats.products, stats.images, stats.vectors) == (1, 1, 2)  # the cup and the whole image
     assert stats.models.detector == "fake-detector" and stats.milvus_mode == "fake"
+
+
+def test_an_unchanged_image_keeps_its_vectors_without_triton_and_gets_the_new_attributes(catalog, fake_triton,
+                                                                                        fake_store):
+    fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED))
+    fake_triton.detections[b"i2"] = objects(("cup", 0.9, GREEN))
+    do_import(catalog, product("P", "i1", "i2"))
+    vectors = {pk: list(r["vector"]) for pk, r in fake_store.rows.items()}
+    fake_triton.calls.clear()
+    fake_triton.detections[b"i2 new"] = objects(("cup", 0.9, BLUE))
+    response = do_import(catalog, product("P", "i1", "i2", price=3.0, contents={"i2": b"i2 new"}))
+    assert [(what, image) for what, image, _ in fake_triton.calls] == [("detect", b"i2 new")]  # i1 skipped
+    assert {s.image_id: s.vectors for s in response.items} == {"i1": 2, "i2": 2}
+    assert fake_store.rows["P|i1|0"]["vector"] == vectors["P|i1|0"]
+    assert fake_store.rows["P|i2|0"]["vector"] == list(BLUE)
+    assert {r["price"] for r in fake_store.rows.values()} == {3.0}
+    # sent again exactly as stored: no Triton call and nothing written
+    fake_triton.calls.clear()
+    writes = len(fake_store.writes)
+    response = do_import(catalog, product("P", "i1", "i2", price=3.0, contents={"i2": b"i2 new"}))
+    assert response.products_imported == 1 and response.vectors_written == 4
+    assert fake_triton.calls == [] and len(fake_store.writes) == writes
+
+
+def test_content_keys_change_with_bytes_mode_region_and_either_model():
+    from services.search.catalog import content_key
+    from tests.unit.fakes import MODELS
+
+    image = pb.ProductImage(image_id="i", content=b"jpeg")
+    keys = {content_key(image, MODELS),
+            content_key(pb.ProductImage(image_id="i", content=b"jpeg2"), MODELS),
+            content_key(pb.ProductImage(image_id="i", content=b"jpeg", mode=pb.EMBED_MODE_WHOLE_IMAGE), MODELS),
+            content_key(pb.ProductImage(image_id="i", content=b"jpeg", mode=pb.EMBED_MODE_REGION,
+                                        region=pb.BoundingBox(x_max=5, y_max=5)), MODELS),
+            content_key(image, dataclasses.replace(MODELS, embedder_sha256="f" * 64)),
+            content_key(image, dataclasses.replace(MODELS, detector_sha256="c" * 64)),
+            content_key(image, MODELS, store_whole_image=False)}
+    assert len(keys) == 7
+    assert content_key(pb.ProductImage(image_id="other id", content=b"jpeg"), MODELS) == content_key(image, MODELS)
+
+
+def test_many_products_are_written_in_few_batches_each_product_whole(settings, backends, fake_triton, fake_store):
+    catalog = Catalog(dataclasses.replace(settings, import_write_batch_rows=8), backends)
+    for i in range(10):
+        fake_triton.detections[f"i{i}".encode()] = objects(("cup", 0.9, RED))  # 2 rows per image
+    response = do_import(catalog, *[product(f"P{i}", f"i{i}") for i in range(10)])
+    assert response.products_imported == 10 and len(fake_store.rows) == 20
+    assert len(fake_store.writes) == 3  # 4 + 4 + 2 products, not 10 writes
+    assert sorted(p for batch in fake_store.writes for p in batch) == sorted(f"P{i}" for i in range(10))
+
+
+def test_stats_count_flagged_rows_one_per_product_and_per_image(catalog, fake_triton, fake_store):
+    for name in (b"a", b"b", b"c"):
+        fake_triton.detections[name] = objects(("cup", 0.9, RED), ("spoon", 0.5, GREEN))
+    do_import(catalog, product("P", "a", "b"), product("Q", "c"))
+    do_import(catalog, product("P", "b"))  # P drops image a
+    stats = asyncio.run(catalog.stats())
+    assert (stats.products, stats.images, stats.vectors) == (2, 2, 6)
+    assert sum(r["product_head"] for r in fake_store.rows.values() if r["product_id"] == "P") == 1
+
+
+def test_stored_rows_of_products_prepared_together_are_read_in_one_query(settings, backends, fake_triton,
+                                                                         fake_store):
+    catalog = Catalog(dataclasses.replace(settings, import_concurrency=8), backends)
+    fake_store.read_seconds = 0.01
+    for i in range(32):
+        fake_triton.detections[f"i{i}".encode()] = objects(("cup", 0.9, RED))
+    response = do_import(catalog, *[product(f"P{i}", f"i{i}") for i in range(32)])
+    assert response.products_imported == 32
+    assert fake_store.reads <= 8, fake_store.reads  # not one query per product
