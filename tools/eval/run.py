@@ -55,7 +55,7 @@ class Variant:
     power: float | None = None  # whitening power of the projection (None = the shipped choice)
     whole_image: bool = True  # catalog whole-image rows + the whole query photo searched
     int8: bool = True  # the CPU configs serve the INT8 files where their prefer_int8 says so
-    int8_embedder: bool = False  # force the INT8 embedder file
+    float_embedder: bool = False  # the embedder's float file even where INT8 is preferred
     postprocess: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
@@ -104,9 +104,9 @@ VARIANTS = {v.name: v for v in [
     Variant("shipped-float", int8=False,
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
-                                   "detector, float embedder)"),
-    Variant("shipped-int8", postprocess={}, int8_embedder=True,
-            description="shipped with the INT8 embedder too (what the CPU configs served before)"),
+                                   "detector and embedder)"),
+    Variant("int8-detector-only", float_embedder=True,
+            description="shipped with the float embedder (INT8 detector only)"),
 ]}
 DEFAULT_VARIANTS = list(VARIANTS)
 
@@ -220,8 +220,8 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     parameters: dict[str, dict[str, str]] = {"postprocess": postprocess} if postprocess else {}
     if not variant.int8:
         parameters.update({"detector": {"prefer_int8": "0"}, "embedder": {"prefer_int8": "0"}})
-    if variant.int8_embedder:
-        parameters["embedder"] = {"prefer_int8": "1"}
+    if variant.float_embedder:
+        parameters["embedder"] = {"prefer_int8": "0"}
     folder = work / variant.name
     subprocess.run(["rm", "-rf", str(folder)], check=True)
     repository = copy_variant(folder / "repository", embedder=served, parameters=parameters)

