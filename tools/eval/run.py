@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                     "catalog_images": len(evalset.manifest.read_text().splitlines()),
                     "queries": len(evalset.queries), "kinds": kinds},
             "results": results}
+    # per-query ranks stay in the work folder (megabytes); the committed file keeps the figures
+    (args.work / "answers.json").write_text(json.dumps({r["variant"]: r.pop("answers", []) for r in results}))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=1))
     write_markdown(args.out, data)
