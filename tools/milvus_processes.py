@@ -47,7 +47,19 @@ class MilvusServer:
         self.wrapper: subprocess.Popen | None = None
         self.uri = "http://127.0.0.1:19530"
 
-    def start(self, timeout_s: float = 180) -> MilvusServer:
+    def start(self, timeout_s: float = 180, attempts: int = 2) -> MilvusServer:
+        """Start the server; its embedded etcd sometimes loses a leader election at start-up and
+        the server then never serves (seen a few times), so a failed start is retried once."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout_s)
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> MilvusServer:
         # a server still shutting down holds its embedded etcd's port: the new one would hang
         deadline = time.monotonic() + 30
         while any(_port_in_use(p) for p in SERVER_PORTS) and time.monotonic() < deadline:
