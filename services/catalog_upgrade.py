@@ -33,6 +33,7 @@ from pathlib import Path
 from pymilvus import MilvusClient
 
 from services import importer
+from services.api import pb
 from services.search.backends import Backends
 from services.search.catalog import Catalog
 from services.search.config import ConfigError, Settings
@@ -44,7 +45,8 @@ log = logging.getLogger("services.catalog_upgrade")
 PRODUCTS_PER_CALL = 256
 
 
-async def _stream(items):  # noqa: ANN001, ANN202 - list of requests -> async iterator
+async def stream(items: list[pb.ImportProductsRequest]):  # noqa: ANN201 - async generator
+    """Requests as the async stream ``Catalog.import_products`` reads."""
     for item in items:
         yield item
 
@@ -70,14 +72,7 @@ async def build(settings: Settings, products: list[importer.ProductSpec]) -> imp
     for start in range(0, len(products), PRODUCTS_PER_CALL):
         requests = [r for r in (importer.product_request(s, summary) for s in products[start:start + PRODUCTS_PER_CALL])
                     if r is not None]
-        response = await catalog.import_products(_stream(requests), lambda: None)
-        summary.products_imported += response.products_imported
-        summary.vectors += response.vectors_written
-        for item in response.items:
-            if item.status.code == 0:
-                summary.images_ok += 1
-            else:
-                summary.failures.append((item.product_id, item.image_id, item.status.message))
+        summary.add(await catalog.import_products(stream(requests), lambda: None))
         log.info("%d of %d products", min(start + PRODUCTS_PER_CALL, len(products)), len(products))
     await backends.close()
     return summary

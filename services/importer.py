@@ -76,6 +76,16 @@ class Summary:
     def images_failed(self) -> int:
         return len(self.failures)
 
+    def add(self, response: pb.ImportProductsResponse) -> None:
+        """Count one ImportProducts answer."""
+        self.products_imported += response.products_imported
+        self.vectors += response.vectors_written
+        for item in response.items:
+            if item.status.code == 0:
+                self.images_ok += 1
+            else:
+                self.failures.append((item.product_id, item.image_id, item.status.message))
+
 
 def from_folder(folder: Path, category: str = "") -> list[ProductSpec]:
     products: list[ProductSpec] = []
@@ -192,14 +202,7 @@ class Importer:
             chunk = products[start:start + self.chunk]
             requests = [r for r in (product_request(spec, summary) for spec in chunk) if r is not None]
             if requests:
-                response = self._send(requests)
-                summary.products_imported += response.products_imported
-                summary.vectors += response.vectors_written
-                for item in response.items:
-                    if item.status.code == 0:
-                        summary.images_ok += 1
-                    else:
-                        summary.failures.append((item.product_id, item.image_id, item.status.message))
+                summary.add(self._send(requests))
             bar.update(sum(len(p.images) for p in chunk))
             bar.set_postfix(failed=summary.images_failed)
             if state:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from services.api import pb
+from services.catalog_upgrade import stream
 from services.paths import BUILD, ROOT
 from services.search import mapping
 from services.search.backends import Backends
@@ -81,11 +82,6 @@ def requests(images: int, price: float) -> list[pb.ImportProductsRequest]:
                                                         title=f"product {i}"),
                                      images=[pb.ProductImage(image_id="main", content=str(i).encode())])
             for i in range(images)]
-
-
-async def stream(items: list[pb.ImportProductsRequest]):  # noqa: ANN201 - async generator
-    for item in items:
-        yield item
 
 
 async def import_all(catalog: Catalog, items: list[pb.ImportProductsRequest]) -> float:

@@ -203,11 +203,11 @@ class Catalog:
         if not any(s.status.code == 0 for s in statuses):
             return Prepared(pid, [], statuses)  # nothing stored changes when every image of the product failed
         rows = _flag_heads(rows)
-        keys = {row["pk"] for row in rows}
         if not outcomes and _as_stored(rows, stored):
             metrics.IMPORTED_PRODUCTS_UNCHANGED.inc()
             return Prepared(pid, [], statuses)  # every image and attribute as stored: nothing to write
-        return Prepared(pid, rows, statuses, sorted(row["pk"] for row in stored if row["pk"] not in keys))
+        new_keys = {row["pk"] for row in rows}
+        return Prepared(pid, rows, statuses, sorted(row["pk"] for row in stored if row["pk"] not in new_keys))
 
     async def _write(self, batch: list[Prepared], written: dict[str, set[str]]) -> None:
         """One upsert + delete for the rows of many products; if it fails, every product of
@@ -241,7 +241,7 @@ class Catalog:
                     break
                 batch.append(task.result())
                 count += len(batch[-1].rows)
-            if not batch or (count < limit and not final) or (final and not batch):
+            if not batch or (count < limit and not final):
                 return start
             await self._write(batch, written)
             start += len(batch)
