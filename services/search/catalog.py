@@ -3,8 +3,9 @@
 Writes are serialised by one lock (Milvus Lite wants a single writer; on a server it keeps
 each upsert + delete pair ordered) and batched: the rows of many products go in one upsert
 and one delete. An image whose content key (bytes, mode, region, models) matches its stored
-rows is not embedded again. An import returns once its rows are visible at the search
-consistency level, so searches can stay on the cheaper level.
+rows is not embedded again, and its vectors are read back only when its rows must be
+rewritten. An import returns once its rows are visible at the search consistency level, so
+searches can stay on the cheaper level.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from services.search import mapping, metrics
 from services.search import product_fields as pf
 from services.search.backends import Backends, timed
 from services.search.config import Settings
-from services.search.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ServiceError
+from services.search.errors import BackendUnavailable, Conflict, DeadlineExceeded, InvalidInput, ServiceError
 from services.search.milvus_store import row_key
 from services.search.search import IMAGE_LABEL, REGION_LABEL
 from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE, ModelVersions
@@ -62,7 +63,10 @@ class StoredRows:
 
     async def _read(self) -> None:
         try:
-            await asyncio.sleep(0)  # let the products arriving together queue up
+            queued = -1
+            while queued != len(self.queue) < self.MAX_PRODUCTS:  # let the products arriving together queue up
+                queued = len(self.queue)
+                await asyncio.sleep(0)
             while self.queue:
                 batch, self.queue = self.queue[:self.MAX_PRODUCTS], self.queue[self.MAX_PRODUCTS:]
                 try:
@@ -100,6 +104,13 @@ def _as_stored(rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> bool
                for row in rows)
 
 
+def _fail(prepared: Prepared, error: ServiceError) -> None:
+    """Every image of a product that is not written reports ``error``."""
+    prepared.statuses = [pb.ImportItemStatus(product_id=s.product_id, image_id=s.image_id, status=mapping.status(error))
+                         for s in prepared.statuses]
+    prepared.rows = []
+
+
 def _flag_heads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flag the product's first row and each image's first row (what the stats count)."""
     rows = sorted(rows, key=lambda r: r["pk"])
@@ -109,6 +120,34 @@ def _flag_heads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["image_head"] = row["image_id"] not in seen
         seen.add(row["image_id"])
     return rows
+
+
+class _Call:
+    """Where one ImportProducts call stands: its products in request order, how many of them
+    are buffered (received, not yet prepared), how many prepared rows wait to be written."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task] = []  # one per product: its Prepared
+        self.buffered_products = 0
+        self.buffered_bytes = 0
+        self.room = asyncio.Event()  # set when a buffered product is prepared
+        self.ready_rows = 0  # rows of prepared products not yet written
+        self.written_until = 0  # products written (or left unchanged) so far, in request order
+        self.written: dict[str, set[str]] = {}  # product id -> the row keys it has after this call
+
+    def received(self, request: pb.ImportProductsRequest, task: asyncio.Task) -> None:
+        size = sum(len(image.content) for image in request.images)
+        self.buffered_products += 1
+        self.buffered_bytes += size
+        self.tasks.append(task)
+        task.add_done_callback(lambda done: self._prepared(done, size))
+
+    def _prepared(self, task: asyncio.Task, size: int) -> None:
+        self.buffered_products -= 1
+        self.buffered_bytes -= size
+        if not task.cancelled() and task.exception() is None:
+            self.ready_rows += len(task.result().rows)
+        self.room.set()
 
 
 class Catalog:
@@ -188,6 +227,7 @@ class Catalog:
             outcome = outcomes.get(image.image_id)
             if outcome is None or isinstance(outcome, ServiceError):
                 # unchanged, or failed this time: the image keeps its rows, with the new attributes
+                # (their vectors are read back if the product is written, see _write)
                 rows += [{**row, **attributes} for row in by_image.get(image.image_id, [])]
                 count = len(by_image.get(image.image_id, [])) if outcome is None else 0
                 statuses.append(status(image.image_id, outcome, count))
@@ -197,9 +237,10 @@ class Catalog:
             statuses.append(status(image.image_id, None, len(embeddings)))
             metrics.IMPORTED_IMAGES.labels("embedded").inc()
             for k, (vector, box, label) in enumerate(zip(embeddings, boxes, labels, strict=True)):
+                # float32 arrays, not lists: 8x less memory while the rows wait for their batch
                 rows.append({"pk": row_key(pid, image.image_id, k), "product_id": pid, "image_id": image.image_id,
                              "label": label[:pf.LABEL_MAX], "box": mapping.box_fields(box),
-                             "vector": np.asarray(vector, np.float32).tolist(), "content_key": key, **attributes})
+                             "vector": np.asarray(vector, np.float32), "content_key": key, **attributes})
         if not any(s.status.code == 0 for s in statuses):
             return Prepared(pid, [], statuses)  # nothing stored changes when every image of the product failed
         rows = _flag_heads(rows)
@@ -209,42 +250,62 @@ class Catalog:
         new_keys = {row["pk"] for row in rows}
         return Prepared(pid, rows, statuses, sorted(row["pk"] for row in stored if row["pk"] not in new_keys))
 
+    async def _kept_vectors(self, batch: list[Prepared]) -> None:
+        """Give the rows an import keeps (unchanged or failed images) their stored vectors, in
+        one lookup by key; a product whose kept rows were deleted meanwhile is not written."""
+        missing = [row["pk"] for p in batch for row in p.rows if "vector" not in row]
+        if not missing:
+            return
+        vectors = await timed(metrics.MILVUS_SECONDS.labels("read_vectors"),
+                              asyncio.to_thread(self.backends.store.vectors, missing), None)
+        for p in batch:
+            if any("vector" not in row and row["pk"] not in vectors for row in p.rows):
+                _fail(p, Conflict(f"product {p.product_id!r} was changed (deleted?) by another call during this "
+                                  "import; nothing of it was written, retry it"))
+                continue
+            for row in p.rows:
+                row.setdefault("vector", vectors.get(row["pk"]))
+
     async def _write(self, batch: list[Prepared], written: dict[str, set[str]]) -> None:
         """One upsert + delete for the rows of many products; if it fails, every product of
-        the batch reports the error (each is then unchanged or fully written: retry is safe)."""
-        rows = {p.product_id: p.rows for p in batch if p.rows}
-        if not rows:
-            return
-        stale = [key for p in batch if p.rows for key in p.stale]
+        the batch reports the error (each is then unchanged or fully written: retry is safe).
+        The rows are dropped once written (the statuses stay for the response)."""
         try:
+            await self._kept_vectors(batch)
+            rows = {p.product_id: p.rows for p in batch if p.rows}
+            if not rows:
+                return
+            stale = [key for p in batch if p.rows for key in p.stale]
             async with self._write_lock:
                 keys = await timed(metrics.MILVUS_SECONDS.labels("upsert"),
                                    asyncio.to_thread(self.backends.store.replace_products, rows, stale), None)
         except ServiceError as exc:
             for p in batch:
                 if p.rows:
-                    p.statuses = [pb.ImportItemStatus(product_id=s.product_id, image_id=s.image_id,
-                                                      status=mapping.status(exc)) for s in p.statuses]
+                    _fail(p, exc)
             return
+        finally:
+            for p in batch:
+                p.rows = []
         written.update(keys)
 
-    async def _write_done(self, tasks: list[asyncio.Task], start: int, written: dict[str, set[str]],
-                          final: bool) -> int:
-        """Write the prepared products from ``start`` on, in request order, in batches of about
-        VS_IMPORT_WRITE_BATCH_ROWS rows; a partial batch waits for more unless ``final``.
-        Returns the index of the first product not yet written."""
+    async def _write_done(self, call: _Call, final: bool) -> None:
+        """Write the prepared products not yet written, in request order, in batches of about
+        VS_IMPORT_WRITE_BATCH_ROWS rows; a partial batch waits for more unless ``final``."""
         limit = self.settings.import_write_batch_rows
-        while True:
+        while final or call.ready_rows >= limit:
             batch, count = [], 0
-            for task in tasks[start:]:
+            for i in range(call.written_until, len(call.tasks)):
+                task = call.tasks[i]
                 if not task.done() or count >= limit:
                     break
                 batch.append(task.result())
                 count += len(batch[-1].rows)
             if not batch or (count < limit and not final):
-                return start
-            await self._write(batch, written)
-            start += len(batch)
+                return
+            call.ready_rows -= count
+            await self._write(batch, call.written)
+            call.written_until += len(batch)
 
     async def _bounded(self, requests: AsyncIterator[pb.ImportProductsRequest]
                        ) -> AsyncIterator[pb.ImportProductsRequest]:
@@ -257,7 +318,8 @@ class Catalog:
         while True:
             left = deadline - time.monotonic()
             try:
-                request = await asyncio.wait_for(anext(iterator), max(0.0, min(s.import_idle_timeout_s, left)))
+                async with asyncio.timeout(max(0.0, min(s.import_idle_timeout_s, left))):
+                    request = await anext(iterator)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -283,26 +345,28 @@ class Catalog:
         store = self.backends.store
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
         reader = StoredRows(store)
-        tasks: list[asyncio.Task] = []
-        written: dict[str, set[str]] = {}  # product id -> the row keys it has after this call
-        done = 0  # products written (or left unchanged) so far, in request order
+        call = _Call()
         try:
             async for req in self._bounded(requests):
-                tasks.append(asyncio.create_task(self._prepare(req, limiter, remaining, models, reader)))
-                # Backpressure: read further products only while few are being embedded.
-                while sum(not t.done() for t in tasks) >= 2 * self.settings.import_concurrency:
-                    await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
-                done = await self._write_done(tasks, done, written, final=False)
+                call.received(req, asyncio.create_task(self._prepare(req, limiter, remaining, models, reader)))
+                # Backpressure: read further products only while the ones waiting for their stored
+                # rows or for Triton hold little memory (enough to read stored rows in big batches).
+                while (call.buffered_products >= StoredRows.MAX_PRODUCTS
+                       or call.buffered_bytes >= self.settings.import_buffer_bytes):
+                    call.room.clear()
+                    await call.room.wait()
+                await self._write_done(call, final=False)
         except ServiceError:
             # The stream broke off: finish the products already received (each is written
             # whole or not at all), then report the stream's error.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._write_done(tasks, done, written, final=True)
+            await asyncio.gather(*call.tasks, return_exceptions=True)
+            await self._write_done(call, final=True)
             raise
-        await asyncio.gather(*tasks)
-        await self._write_done(tasks, done, written, final=True)
+        await asyncio.gather(*call.tasks)
+        await self._write_done(call, final=True)
+        written = call.written
         response = pb.ImportProductsResponse()
-        for task in tasks:
+        for task in call.tasks:
             statuses = task.result().statuses
             response.items.extend(statuses)
             ok = [s for s in statuses if s.status.code == 0]

@@ -89,6 +89,9 @@ class Settings:
                                     _positive)
     import_concurrency: int = _setting("VS_IMPORT_CONCURRENCY", 4, "images embedded at once per import call",
                                        int, _positive)
+    import_buffer_bytes: int = _setting("VS_IMPORT_BUFFER_BYTES", 256 * 1024 * 1024,
+                                        "image bytes one import call holds ahead of embedding (it reads no "
+                                        "further products past it)", int, _positive)
     import_write_batch_rows: int = _setting("VS_IMPORT_WRITE_BATCH_ROWS", 1024,
                                             "rows of many products written in one Milvus upsert + delete",
                                             int, _positive)

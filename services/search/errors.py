@@ -40,3 +40,9 @@ class Overloaded(ServiceError):
     """Past an in-flight limit: retry with backoff."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Conflict(ServiceError):
+    """A concurrent call changed what this one was based on: retrying is safe."""
+
+    code = grpc.StatusCode.ABORTED

@@ -35,7 +35,10 @@ OUTPUT_FIELDS = list(pf.STORED_FIELDS)
 # GetCatalogStats counts instead of scanning every row).
 CONTENT_KEY_LENGTH = 64
 BOOKKEEPING_FIELDS = ("content_key", "product_head", "image_head")
-KEPT_FIELDS = ["pk", "vector", *OUTPUT_FIELDS, *BOOKKEEPING_FIELDS]
+# What an import reads of a product's stored rows: everything but the vector (1280 floats per
+# row would travel for every product; an import fetches vectors only for the rows it rewrites).
+STORED_ROW_FIELDS = ["pk", *OUTPUT_FIELDS, *BOOKKEEPING_FIELDS]
+KEYS_PER_QUERY = 512  # primary keys per `pk in [...]` expression
 MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
 
 
@@ -269,16 +272,29 @@ class MilvusStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
-        """The stored rows (vectors included) of these products, at the configured consistency
-        level: what an import reuses for unchanged images and keeps for images that failed.
+        """The stored rows of these products without their vectors, at the configured
+        consistency level: what an import compares with the new images and attributes.
         Reading a little behind is safe: a row is reused only when its content key (image
         bytes, mode, region and models) equals the new image's, and then its vectors are the
         ones a new embedding would give."""
         client = self._connected()
         with self._failures("read stored rows"):
             return client.query(self.collection, filter=f"product_id in {string_list(product_ids)}",
-                                output_fields=KEPT_FIELDS, consistency_level=self.settings.consistency_level,
+                                output_fields=STORED_ROW_FIELDS, consistency_level=self.settings.consistency_level,
                                 timeout=self.timeout)
+
+    def vectors(self, keys: list[str]) -> dict[str, Any]:
+        """The stored vectors of these rows (primary key -> vector); a row deleted meanwhile is
+        absent. A lookup by primary key, whatever the catalog's size."""
+        client = self._connected()
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            with self._failures("read stored vectors"):
+                rows = client.query(self.collection, filter=f"pk in {string_list(keys[start:start + KEYS_PER_QUERY])}",
+                                    output_fields=["pk", "vector"], consistency_level=self.settings.consistency_level,
+                                    timeout=self.timeout)
+            found.update((row["pk"], row["vector"]) for row in rows)
+        return found
 
     # -- writes (the service serialises them) -------------------------------------------
     def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],

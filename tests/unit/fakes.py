@@ -88,6 +88,7 @@ class FakeStore:
         self.visible_waits: list[dict[str, set[str]]] = []
         self.seals = 0
         self.reads = 0
+        self.vector_reads: list[list[str]] = []  # the keys of each vectors() call
         self.read_seconds = 0.0  # how long a read takes (a Milvus query takes milliseconds)
         self.writes: list[list[str]] = []  # the products of each replace_products call
 
@@ -112,13 +113,19 @@ class FakeStore:
     def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
         self.reads += 1
         time.sleep(self.read_seconds)
-        return [dict(r) for r in self.rows.values() if r["product_id"] in product_ids]
+        return [{k: v for k, v in r.items() if k != "vector"} for r in self.rows.values()
+                if r["product_id"] in product_ids]
+
+    def vectors(self, keys: list[str]) -> dict[str, Any]:
+        self.vector_reads.append(list(keys))
+        return {pk: list(self.rows[pk]["vector"]) for pk in keys if pk in self.rows}
 
     def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],
                          stale_keys: list[str]) -> dict[str, set[str]]:
         self.writes.append(sorted(rows_by_product))
         for rows in rows_by_product.values():
-            self.rows.update({row["pk"]: dict(row) for row in rows})
+            # stored as Milvus returns them: vectors as lists of floats
+            self.rows.update({row["pk"]: {**row, "vector": [float(x) for x in row["vector"]]} for row in rows})
         for pk in stale_keys:
             self.rows.pop(pk, None)
         return {pid: {row["pk"] for row in rows} for pid, rows in rows_by_product.items()}

@@ -117,10 +117,10 @@ def test_whole_image_and_region_modes_embed_without_detection(catalog, fake_trit
     assert all(call[0] == "region" for call in fake_triton.calls)
 
 
-def test_import_reads_ahead_only_a_bounded_number_of_products(settings, backends, fake_triton):
-    catalog = Catalog(dataclasses.replace(settings, import_concurrency=2), backends)
+def test_import_reads_ahead_only_a_bounded_number_of_image_bytes(settings, backends, fake_triton):
+    catalog = Catalog(dataclasses.replace(settings, import_concurrency=2, import_buffer_bytes=250), backends)
     for i in range(20):
-        fake_triton.detections[f"i{i}".encode()] = objects(("cup", 0.9, RED))
+        fake_triton.detections[f"i{i}".ljust(100).encode()] = objects(("cup", 0.9, RED))
     consumed = []
 
     async def scenario():
@@ -129,7 +129,7 @@ def test_import_reads_ahead_only_a_bounded_number_of_products(settings, backends
         async def requests():
             for i in range(20):
                 consumed.append(i)
-                yield product(f"P{i}", f"i{i}")
+                yield product(f"P{i}", f"i{i}", contents={f"i{i}": f"i{i}".ljust(100).encode()})
 
         task = asyncio.create_task(catalog.import_products(requests(), no_deadline))
         seen, stable_since = -1, asyncio.get_running_loop().time()
@@ -142,7 +142,7 @@ def test_import_reads_ahead_only_a_bounded_number_of_products(settings, backends
         return read_while_blocked, await task
 
     read_while_blocked, response = asyncio.run(scenario())
-    assert read_while_blocked == 4  # 2 x VS_IMPORT_CONCURRENCY products in progress, no more
+    assert read_while_blocked == 3  # 100-byte images: the third one passes VS_IMPORT_BUFFER_BYTES, no more
     assert response.products_imported == 20
 
 
@@ -185,12 +185,31 @@ def test_an_unchanged_image_keeps_its_vectors_without_triton_and_gets_the_new_at
     assert fake_store.rows["P|i1|0"]["vector"] == vectors["P|i1|0"]
     assert fake_store.rows["P|i2|0"]["vector"] == list(BLUE)
     assert {r["price"] for r in fake_store.rows.values()} == {3.0}
-    # sent again exactly as stored: no Triton call and nothing written
+    assert fake_store.vector_reads == [["P|i1|0", "P|i1|1"]]  # only the kept rows' vectors were read back
+    # sent again exactly as stored: no Triton call, no vector read, nothing written
     fake_triton.calls.clear()
     writes = len(fake_store.writes)
     response = do_import(catalog, product("P", "i1", "i2", price=3.0, contents={"i2": b"i2 new"}))
     assert response.products_imported == 1 and response.vectors_written == 4
-    assert fake_triton.calls == [] and len(fake_store.writes) == writes
+    assert fake_triton.calls == [] and len(fake_store.writes) == writes and len(fake_store.vector_reads) == 1
+
+
+def test_a_product_deleted_while_its_kept_rows_are_rewritten_is_not_brought_back(catalog, fake_triton, fake_store):
+    fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED))
+    fake_triton.detections[b"q"] = objects(("cup", 0.9, GREEN))
+    do_import(catalog, product("P", "i1"), product("Q", "q"))
+    read_vectors = fake_store.vectors
+
+    def deleted_meanwhile(keys: list[str]) -> dict:
+        fake_store.delete_products(["P"])  # another call deletes P between the read and the write
+        return read_vectors(keys)
+
+    fake_store.vectors = deleted_meanwhile
+    response = do_import(catalog, product("P", "i1", price=4.0), product("Q", "q", price=4.0))
+    assert [(s.product_id, s.status.code) for s in response.items] == [("P", 10), ("Q", 0)]  # ABORTED, OK
+    assert "changed (deleted?) by another call" in response.items[0].status.message
+    assert {r["product_id"] for r in fake_store.rows.values()} == {"Q"}
+    assert {r["price"] for r in fake_store.rows.values()} == {4.0}
 
 
 def test_content_keys_change_with_bytes_mode_region_and_either_model():
