@@ -219,8 +219,9 @@ class Catalog:
 
         keys = [content_key(image, models, self.settings.store_whole_image) for image in req.images]
         todo = [img for img, key in zip(req.images, keys, strict=True) if not unchanged(img, key)]
-        outcomes = dict(zip([img.image_id for img in todo], await asyncio.gather(*(embed(img) for img in todo)),
-                            strict=True))
+        # one image (most products) is awaited here: no task per image
+        results = [await embed(todo[0])] if len(todo) == 1 else await asyncio.gather(*(embed(img) for img in todo))
+        outcomes = dict(zip([img.image_id for img in todo], results, strict=True))
         rows: list[dict[str, Any]] = []
         statuses = []
         for image, key in zip(req.images, keys, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def catalog(tmp_path: Path, n: int) -> list[importer.ProductSpec]:
 
 class RecordingImporter(importer.Importer):
     def __init__(self, fail_at_call: int | None = None) -> None:
-        super().__init__("127.0.0.1:1", chunk=4)
+        super().__init__("127.0.0.1:1", chunk=4, concurrency=1)
         self.sent: list[str] = []
         self.fail_at_call = fail_at_call
 
@@ -59,3 +60,30 @@ def test_the_saved_place_belongs_to_one_catalog_and_one_service(tmp_path):
     assert importer.ImportState(changed, "search:50051", folder=tmp_path).products_done() == 0
     assert importer.ImportState(products, "other:50051", folder=tmp_path).products_done() == 0
     assert importer.ImportState(products, "search:50051", folder=tmp_path).products_done() == 4
+
+
+def test_with_calls_at_once_the_saved_place_is_the_last_chunk_finished_with_all_before_it(tmp_path):
+    products = catalog(tmp_path, 12)
+    state = importer.ImportState(products, "search:50051", folder=tmp_path / "state")
+    third_done = threading.Event()
+
+    class OutOfOrder(importer.Importer):
+        def __init__(self) -> None:
+            super().__init__("127.0.0.1:1", chunk=4, concurrency=3)
+            self.sent: list[str] = []
+
+        def _send(self, requests):
+            first = requests[0].product.product_id
+            if first == "p4":  # the second chunk fails after the third one finished
+                assert third_done.wait(10)
+                raise Interrupted
+            self.sent += [r.product.product_id for r in requests]
+            if first == "p8":
+                third_done.set()
+            return pb.ImportProductsResponse(products_imported=len(requests))
+
+    run = OutOfOrder()
+    with pytest.raises(Interrupted):
+        run.run(products, progress=False, state=state)
+    assert sorted(run.sent) == sorted(f"p{i}" for i in (0, 1, 2, 3, 8, 9, 10, 11))
+    assert state.products_done() == 4  # the third chunk finished, but the second did not: resume at p4
