@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write eval
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write bench-scale eval
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -87,6 +87,12 @@ bench: venv proto models
 # (docs/benchmarks-write.md).
 bench-write: venv proto
 	$(PY) -m tools.write_bench
+
+# Index types at a million vectors on the real Milvus server (docs/benchmarks-scale.md, docs/scale/);
+# about an hour on 2 cores. SCALE_ARGS, e.g. --vectors 200000 --index-types HNSW,IVF_SQ8.
+SCALE_ARGS ?= --vectors 1000000
+bench-scale: venv proto models
+	$(PY) -m tools.scale_bench $(SCALE_ARGS)
 
 # What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
 bench-tls: venv proto models
