@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -233,9 +234,52 @@ def report(out: Path) -> str:
                     lines.append(f"| {label} | {e['nq1_filtered']['p50_ms']:.1f} / {e['nq1_filtered']['p99_ms']:.1f} "
                                  f"| {e['nq8_filtered']['p50_ms']:.1f} / {e['nq8_filtered']['p99_ms']:.1f} | "
                                  f"{e['nq1_filtered']['recall10']:.3f} |")
-        lines.append("")
+        lines += ["", f"Capacity for {PLAN['images']:,} catalog images from this run (docs/capacity-plan.md explains "
+                  f"it): `{json.dumps(PLAN)}`", "", *capacity(run), ""]
     out.write_text("\n".join(lines))
     return out.read_text()
+
+
+# -- the capacity plan: the measured figures, scaled to 30 million catalog images ------------------
+PLAN = {
+    "images": 30_000_000,
+    "rows_per_image": 3.0,  # objects + whole image; 2.5 measured on the eval catalog (studio shots)
+    "scalar_bytes_per_row": 400,  # the service's fields besides the vector (ids, box, title, attributes, key)
+    "node_memory_gib": 64, "node_cores": 16, "usable": 0.7,  # a query node, and the share kept for segments
+    "searches_per_s": 100, "vectors_per_search": 3.5,  # SearchByImage/s; whole image + detected objects
+    "replicas": 2,
+}
+
+
+def plan(run: dict, index_type: str) -> dict:
+    """PLAN's figures for one index type of one run: memory and CPU, query nodes for each."""
+    p, e = PLAN, run["indexes"][index_type]
+    rows = p["images"] * p["rows_per_image"]
+    node_bytes = p["node_memory_gib"] * 2**30 * p["usable"]
+    memory = rows * (e["rss_over_idle_bytes"] / run["vectors"] + p["scalar_bytes_per_row"])
+    # nq=8 p50 on the bench machine's cores, per query vector, per million rows: an upper
+    # bound (both cores counted busy). Milvus searches every segment, so cost grows with rows.
+    cores_here = int(re.search(r"(\d+) cores", run["machine"]).group(1))
+    core_ms = e["nq8"]["p50_ms"] * cores_here / 8 / (run["vectors"] / 1e6)
+    cores = p["searches_per_s"] * p["vectors_per_search"] * core_ms * rows / 1e6 / 1000
+    memory_nodes = int(np.ceil(memory / node_bytes))
+    cpu_nodes = int(np.ceil(cores / (p["node_cores"] * p["usable"])))
+    return {"memory_bytes": memory, "memory_nodes": memory_nodes, "core_ms": core_ms, "cores": cores,
+            "cpu_nodes": cpu_nodes, "query_nodes": max(memory_nodes, cpu_nodes) * p["replicas"]}
+
+
+def capacity(run: dict) -> list[str]:
+    """The capacity table of one run (every index type it built)."""
+    lines = ["| index | recall@10 | GB per replica | nodes for memory | core-ms per query vector per 1M rows "
+             "| cores for the QPS | nodes for CPU | query nodes (x replicas) |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in run["indexes"].items():
+        if "error" in e:
+            continue
+        f = plan(run, name)
+        lines.append(f"| {name} | {e['nq1']['recall10']:.3f} | {f['memory_bytes'] / 1e9:.0f} | {f['memory_nodes']} | "
+                     f"{f['core_ms']:.1f} | {f['cores']:.0f} | {f['cpu_nodes']} | "
+                     f"{max(f['memory_nodes'], f['cpu_nodes'])} x {PLAN['replicas']} = {f['query_nodes']} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -362,3 +362,12 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
     search_policy = named(render("cpu"), "NetworkPolicy", "search")
     assert any(f.get("podSelector", {}).get("matchLabels") == job["spec"]["template"]["metadata"]["labels"]
                for r in search_policy["spec"]["ingress"] for f in r["from"])
+
+
+def test_the_30m_milvus_values_size_query_nodes_as_the_measured_capacity_plan_says():
+    from tools.scale_bench import RESULTS, plan
+
+    run = json.loads((RESULTS / "1000000.json").read_text())
+    values = yaml.safe_load((DEPLOY / "milvus" / "values-30m.yaml").read_text())
+    assert values["queryNode"]["replicas"] == plan(run, "HNSW")["query_nodes"]
+    assert values["queryNode"]["resources"]["limits"]["memory"] == "64Gi"
