@@ -6,13 +6,15 @@ each row with one of ``--categories`` categories. For every index type in turn (
 dropped and built again on the same rows): build time, the server's resident memory once
 loaded, recall@10 against exact inner-product search, p50/p99 for nq=1 and nq=8, and the same
 with a category filter. Then the same rows in a collection whose category is the partition
-key, searched with the same filter: what a partition key does to filtered searches.
+key, searched with and without the filter: what a partition key does to both.
 
     python -m tools.scale_bench [--vectors 1000000] [--index-types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ,DISKANN]
 
-Results go to docs/scale/<vectors>.json; ``--report`` writes docs/benchmarks-scale.md from
-every results file there. On 2 cores, 1,000,000 1280-d vectors take about 20 minutes per IVF
-index and several hours for HNSW or DISKANN (run those on a bigger machine or at fewer vectors).
+Results go to docs/scale/<vectors>.json; ``--report`` writes docs/benchmarks-scale.md (with the
+capacity table of docs/capacity-plan.md, from the largest run) from every results file there.
+On 2 cores, 1,000,000 1280-d vectors took 3-6 minutes per index (HNSW, IVF_FLAT, IVF_SQ8) and
+about 25 minutes in all; IVF_PQ builds slowly and DISKANN never finished on the standalone
+server (``--build-timeout-s`` reports an index not built in time and moves on).
 """
 
 from __future__ import annotations
