@@ -131,6 +131,16 @@ def searches(client, name: str, index_type: str, queries: np.ndarray, truth: lis
     return {"p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "recall10": hits / asked}
 
 
+def search_figures(client, name: str, index_type: str, queries: np.ndarray, truth: list[set[int]],  # noqa: ANN001
+                   filtered: list[set[int]], query_category: np.ndarray) -> dict:
+    """nq=1 and nq=8, without and with the category filter."""
+    figures = {}
+    for nq in (1, 8):
+        figures[f"nq{nq}"] = searches(client, name, index_type, queries, truth, nq)
+        figures[f"nq{nq}_filtered"] = searches(client, name, index_type, queries, filtered, nq, query_category)
+    return figures
+
+
 def run(args: argparse.Namespace) -> dict:
     from pymilvus import MilvusClient
 
@@ -146,8 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     truth = exact_top10(vectors, queries)
     filtered = exact_top10(vectors, queries, categories[None, :] == query_category[:, None])
     result: dict = {"machine": machine(), "vectors": len(vectors), "dimension": dimension,
-                    "categories": args.categories, "indexes": {}, "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                          time.gmtime())}
+                    "categories": args.categories, "indexes": {}}  # machine() carries the date
     server = MilvusServer(args.work / "milvus").start()
     try:
         client = MilvusClient(uri=server.uri, timeout=600)
@@ -170,10 +179,7 @@ def run(args: argparse.Namespace) -> dict:
             time.sleep(5)
             entry["rss_bytes"] = server_rss_bytes(server)
             entry["rss_over_idle_bytes"] = entry["rss_bytes"] - idle_rss
-            for nq in (1, 8):
-                entry[f"nq{nq}"] = searches(client, "scale", index_type, queries, truth, nq)
-                entry[f"nq{nq}_filtered"] = searches(client, "scale", index_type, queries, filtered, nq,
-                                                     query_category)
+            entry.update(search_figures(client, "scale", index_type, queries, truth, filtered, query_category))
             result["indexes"][index_type] = entry
             log.info("%s: %s", index_type, json.dumps(entry))
         client.release_collection("scale", timeout=600)
@@ -184,10 +190,8 @@ def run(args: argparse.Namespace) -> dict:
             entry = {"index_type": args.partition_key_index,
                      "build_s": build_index(client, "scale_pk", args.partition_key_index, args.build_timeout_s)}
             client.load_collection("scale_pk", timeout=3600)
-            for nq in (1, 8):
-                entry[f"nq{nq}"] = searches(client, "scale_pk", args.partition_key_index, queries, truth, nq)
-                entry[f"nq{nq}_filtered"] = searches(client, "scale_pk", args.partition_key_index, queries,
-                                                     filtered, nq, query_category)
+            entry.update(search_figures(client, "scale_pk", args.partition_key_index, queries, truth, filtered,
+                                        query_category))
             result["partition_key"] = entry
             log.info("partition key: %s", json.dumps(entry))
         client.close()
