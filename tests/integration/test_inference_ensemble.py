@@ -140,20 +140,25 @@ def test_region_entry_point_embeds_the_given_box_like_the_detector_crop(client, 
         embed_region(client, encode(photos["coffee"].pixels), [700, 500, 900, 600])
 
 
-def test_concurrent_requests_are_batched_by_the_composing_models(client, photos, triton):
+def test_concurrent_requests_are_batched_by_the_composing_models(client, photos, triton, results):
     def stats(model):
         s = client.get_inference_statistics(model).model_stats[0]
         return s.inference_count, s.execution_count
 
     before = {m: stats(m) for m in ("preprocess", "detector", "embedder")}
-    data = [encode(p.pixels) for p in photos.values()] * 3
+    names = list(photos) * 3
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         with grpcclient.InferenceServerClient(triton.grpc_url) as c2:
-            list(pool.map(lambda d: detect_and_embed(c2, d), data))
+            batched = list(pool.map(lambda n: detect_and_embed(c2, encode(photos[n].pixels)), names))
     for model, (inf0, exe0) in before.items():
         inf1, exe1 = stats(model)
-        assert inf1 - inf0 >= len(data)
+        assert inf1 - inf0 >= len(names)
         assert exe1 - exe0 < inf1 - inf0, f"{model}: no request was ever batched"
+    # a batch runs in parts on several cores: every photo still gets its own answer
+    for name, got in zip(names, batched, strict=True):
+        assert got["LABELS"] == results[name]["LABELS"], name
+        np.testing.assert_allclose(got["BOXES"], results[name]["BOXES"], atol=0.5)
+        np.testing.assert_allclose(got["EMBEDDINGS"], results[name]["EMBEDDINGS"], atol=1e-3)
 
 
 def test_killed_python_stub_is_detected_and_recovered(tmp_path):
