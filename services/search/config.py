@@ -61,6 +61,13 @@ class Settings:
     milvus_collection: str = _setting("VS_MILVUS_COLLECTION", "products", "collection name")
     milvus_timeout_s: float = _setting("VS_MILVUS_TIMEOUT_S", 10.0, "upper bound of one Milvus call",
                                        float, _positive)
+    milvus_shards: int = _setting("VS_MILVUS_SHARDS", 1,
+                                  "shards of a collection this service creates: inserts spread over that many "
+                                  "data nodes (a Milvus server only; fixed once created)", int, _positive)
+    milvus_replicas: int = _setting("VS_MILVUS_REPLICAS", 1,
+                                    "in-memory replicas the collection is loaded with, each on its own query "
+                                    "nodes: searches spread over them and survive a node's loss (a Milvus "
+                                    "server only)", int, _positive)
     index_type: str = _setting("VS_INDEX_TYPE", "HNSW", "vector index type", choices=INDEX_TYPES)
     index_params: dict = _setting("VS_INDEX_PARAMS", None, "index build parameters (JSON); default per type",
                                   _json_object)
@@ -178,6 +185,11 @@ class Settings:
             raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
         if not self.milvus_collection.replace("_", "a").isalnum():
             raise ConfigError(f"VS_MILVUS_COLLECTION={self.milvus_collection!r}: letters, digits and _ only")
+        if not self.milvus_is_server:
+            for env in ("VS_MILVUS_SHARDS", "VS_MILVUS_REPLICAS"):
+                if values[env] != 1:
+                    raise ConfigError(f"{env}={values[env]}: Milvus Lite ({self.milvus_uri!r}) has one shard and "
+                                      "one replica; more need a Milvus server URI (http://host:19530)")
         for pair in (("VS_TLS_CERT", "VS_TLS_KEY"), ("VS_TRITON_TLS_CERT", "VS_TRITON_TLS_KEY"),
                      ("VS_MILVUS_TLS_CERT", "VS_MILVUS_TLS_KEY")):
             given = [env for env in pair if values[env]]
@@ -189,6 +201,10 @@ class Settings:
             if (env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY") and path \
                     and not os.path.isfile(path):
                 raise ConfigError(f"{env}={path!r}: no such file")
+
+    @property
+    def milvus_is_server(self) -> bool:
+        return self.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
     @property
     def tls(self) -> bool:

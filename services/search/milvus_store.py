@@ -80,7 +80,7 @@ class MilvusStore:
         self.dimension: int | None = None
         self.timeout = settings.milvus_timeout_s
         self.collection = settings.milvus_collection
-        self.is_server = settings.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        self.is_server = settings.milvus_is_server
         self._client: MilvusClient | None = None
         self._resolved: str | None = None  # the collection this process settled on
         self._lock = threading.Lock()
@@ -109,7 +109,7 @@ class MilvusStore:
                                       timeout=self.timeout, **self.tls_arguments())
                 self.collection = self._resolved = self._resolve(client, models, bind_alias)
                 self._check_schema(client)
-                client.load_collection(self.collection, timeout=max(60.0, self.timeout))
+                self._load(client)
             except SchemaMismatch:
                 raise
             except MilvusException as exc:
@@ -147,6 +147,20 @@ class MilvusStore:
                 "'Upgrading the models'); or set VS_MILVUS_COLLECTION to another name")
         return current
 
+    def _load(self, client: MilvusClient) -> None:
+        replicas = self.settings.milvus_replicas
+        try:
+            client.load_collection(self.collection, replica_number=replicas, timeout=max(60.0, self.timeout))
+        except MilvusException as exc:
+            # Loaded already with another number (by pods with the old setting): changing it means
+            # releasing the collection, a search outage that an operator chooses, not a pod start.
+            if "replica number" not in exc.message:
+                raise BackendUnavailable(f"Milvus could not load collection {self.collection!r} with "
+                                         f"VS_MILVUS_REPLICAS={replicas}: {exc.message}") from None
+            log.warning("collection loaded with another replica number than VS_MILVUS_REPLICAS; serving it as "
+                        "loaded (README 'Scaling Milvus' says how to change it)",
+                        extra={"collection": self.collection, "replicas_wanted": replicas, "milvus": exc.message})
+
     def tls_arguments(self) -> dict[str, Any]:
         """pymilvus' TLS arguments: one-way with a CA, mutual with a client certificate too."""
         s = self.settings
@@ -183,10 +197,13 @@ class MilvusStore:
         index = client.prepare_index_params()
         index.add_index("vector", index_type=self.settings.index_type, metric_type="IP",
                         params=self.settings.effective_index_params)
-        client.create_collection(name, schema=schema, index_params=index,
-                                 consistency_level=self.settings.consistency_level,
-                                 timeout=self.timeout)
+        # Created unloaded (an index given here would load it with one replica at once), so the
+        # first load has VS_MILVUS_REPLICAS.
+        client.create_collection(name, schema=schema, consistency_level=self.settings.consistency_level,
+                                 num_shards=self.settings.milvus_shards, timeout=self.timeout)
+        client.create_index(name, index, timeout=self.timeout)
         log.info("created collection", extra={"collection": name, "dimension": self.dimension,
+                                              "shards": self.settings.milvus_shards,
                                               "index_type": self.settings.index_type, "detector": models.detector,
                                               "embedder": models.embedder})
 
