@@ -16,6 +16,8 @@ def test_defaults_are_valid():
     settings = Settings.from_env({})
     assert settings.milvus_uri == "./data/catalog.db" and settings.consistency_level == "Bounded"
     assert settings.effective_index_params == {"M": 16, "efConstruction": 200}
+    server = Settings.from_env({"VS_MILVUS_URI": "http://milvus:19530", "VS_MILVUS_REPLICAS": "2"})
+    assert server.milvus_is_server and server.milvus_replicas == 2
 
 
 @pytest.mark.parametrize("env, fragment", [
@@ -26,6 +28,9 @@ def test_defaults_are_valid():
     ({"VS_LISTEN": "nohost"}, "VS_LISTEN"),
     ({"VS_MAX_MESSAGE_BYTES": "1000"}, "VS_MAX_MESSAGE_BYTES must exceed"),
     ({"VS_MILVUS_COLLECTION": "bad-name"}, "VS_MILVUS_COLLECTION"),
+    ({"VS_MILVUS_REPLICAS": "2"}, "VS_MILVUS_REPLICAS=2: Milvus Lite"),
+    ({"VS_MILVUS_SHARDS": "2"}, "VS_MILVUS_SHARDS=2: Milvus Lite"),
+    ({"VS_MILVUS_SHARDS": "0", "VS_MILVUS_URI": "http://milvus:19530"}, "VS_MILVUS_SHARDS='0': out of range"),
 ])
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
