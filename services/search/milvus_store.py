@@ -158,7 +158,7 @@ class MilvusStore:
                 raise BackendUnavailable(f"Milvus could not load collection {self.collection!r} with "
                                          f"VS_MILVUS_REPLICAS={replicas}: {exc.message}") from None
             log.warning("collection loaded with another replica number than VS_MILVUS_REPLICAS; serving it as "
-                        "loaded (README 'Scaling Milvus' says how to change it)",
+                        "loaded (README, 'Pointing at a Milvus cluster', says how to change it)",
                         extra={"collection": self.collection, "replicas_wanted": replicas, "milvus": exc.message})
 
     def tls_arguments(self) -> dict[str, Any]:
