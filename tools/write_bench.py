@@ -9,9 +9,9 @@ whether Milvus writes keep up, not inference). In one run, on one server:
   as ``services.importer --chunk 256 --concurrency 4`` drives it (calls of 256 products, four
   at once: each call ends by waiting until its rows are searchable);
 * re-importing the unchanged catalog (no Triton call, attributes rewritten);
-* ``GetCatalogStats`` at that size.
+* ``GetCatalogStats`` at that size, and as a collection grows to a million rows.
 
-    python -m tools.write_bench [--images 20000] [--dimension 1280]
+    python -m tools.write_bench [--images 20000] [--dimension 1280] [--stats-rows 10000,100000,1000000]
 """
 
 from __future__ import annotations
@@ -102,26 +102,63 @@ async def import_all(catalog: Catalog, items: list[pb.ImportProductsRequest], pe
     return time.perf_counter() - start
 
 
+def image_rows(i: int, image_vectors: np.ndarray, models: ModelVersions) -> list[dict]:
+    """The rows the service stores for image ``i`` (product ``p{i}``): objects, then the whole image."""
+    key = content_key(pb.ProductImage(image_id="main", content=str(i).encode()), models)
+    return [{"pk": row_key(f"p{i}", "main", k), "product_id": f"p{i}", "image_id": "main",
+             "label": "cup" if k < OBJECTS_PER_IMAGE else "image",
+             "box": mapping.box_fields((0, 0, 8, 8)), "category": "shoes", "price": 1.0,
+             "title": f"product {i}", "attributes": {}, "content_key": key,
+             "product_head": k == 0, "image_head": k == 0, "vector": v.tolist()}
+            for k, v in enumerate(image_vectors)]
+
+
+def wait_for_image(store: MilvusStore, i: int) -> None:
+    store.wait_visible({f"p{i}": {row_key(f"p{i}", "main", k) for k in range(OBJECTS_PER_IMAGE + 1)}})
+
+
 def raw_insert(settings: Settings, vectors: np.ndarray, models: ModelVersions) -> float:
     """The limit: the same rows inserted as they are, 1,024 per call, then made searchable."""
     store = MilvusStore(settings)
     store.connect(models)
     client = store._connected()
-    rows = []
-    for i, image_vectors in enumerate(vectors):
-        key = content_key(pb.ProductImage(image_id="main", content=str(i).encode()), models)
-        for k, v in enumerate(image_vectors):
-            rows.append({"pk": row_key(f"p{i}", "main", k), "product_id": f"p{i}", "image_id": "main",
-                         "label": "cup" if k < OBJECTS_PER_IMAGE else "image",
-                         "box": mapping.box_fields((0, 0, 8, 8)), "category": "shoes", "price": 1.0,
-                         "title": f"product {i}", "attributes": {}, "content_key": key,
-                         "product_head": k == 0, "image_head": k == 0, "vector": v.tolist()})
+    rows = [row for i, image_vectors in enumerate(vectors) for row in image_rows(i, image_vectors, models)]
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):
         client.insert(store.collection, data=rows[i:i + 1024], timeout=60)
-    store.wait_visible({f"p{len(vectors) - 1}": {row_key(f"p{len(vectors) - 1}", "main", k)
-                                                  for k in range(OBJECTS_PER_IMAGE + 1)}})
+    wait_for_image(store, len(vectors) - 1)
     return time.perf_counter() - start
+
+
+def stats_at_scale(settings: Settings, checkpoints: list[int], dimension: int = 8, calls: int = 5
+                   ) -> list[dict]:
+    """``MilvusStore.stats()`` (what GetCatalogStats asks Milvus) as one collection grows to
+    each number of rows: the median of ``calls`` calls. Counting reads the flag columns only, so
+    the vectors are short here (the rows still have every other field the service stores)."""
+    models = ModelVersions("precomputed", "d" * 64, "precomputed", "e" * 64, dimension)
+    store = MilvusStore(settings)
+    store.connect(models)
+    client = store._connected()
+    rng = np.random.default_rng(1)
+    results, image, per_image = [], 0, OBJECTS_PER_IMAGE + 1
+    for rows_wanted in checkpoints:
+        while image * per_image < rows_wanted:
+            batch = min(2048, -(-(rows_wanted - image * per_image) // per_image))
+            vectors = unit_vectors(batch * per_image, dimension, int(rng.integers(1 << 30))).reshape(
+                batch, per_image, dimension)
+            client.insert(store.collection, data=[row for k in range(batch)
+                                                  for row in image_rows(image + k, vectors[k], models)], timeout=120)
+            image += batch
+        wait_for_image(store, image - 1)
+        timings = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            counts = store.stats()
+            timings.append(time.perf_counter() - start)
+        log.warning("stats at %d rows: %s", image * per_image, counts)
+        results.append({"rows": image * per_image, "median_ms": float(np.median(timings)) * 1000,
+                        "max_ms": max(timings) * 1000, "products": counts["products"], "vectors": counts["vectors"]})
+    return results
 
 
 async def write_path(settings: Settings, vectors: np.ndarray) -> dict:
@@ -147,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--dimension", type=int, default=1280, help="the default embedder's (EfficientNet-Lite0)")
     parser.add_argument("--import-concurrency", type=int, default=64)
+    parser.add_argument("--stats-rows", default="10000,100000,1000000",
+                        help="GetCatalogStats timed as a collection grows to these row counts (empty: skip)")
     parser.add_argument("--work", type=Path, default=BUILD / "write-bench")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-write.md")
     args = parser.parse_args(argv)
@@ -160,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         models = PrecomputedTriton(vectors, args.dimension).models
         raw_s = raw_insert(dataclasses.replace(base, milvus_collection="raw_insert"), vectors, models)
         path = asyncio.run(write_path(dataclasses.replace(base, milvus_collection="write_path"), vectors))
+        stats = stats_at_scale(dataclasses.replace(base, milvus_collection="stats"),
+                               [int(n) for n in args.stats_rows.split(",") if n])
     finally:
         server.remove()
     n = args.images
@@ -167,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
               "raw_images_per_s": n / raw_s, "write_path_images_per_s": n / path["first_s"],
               "ratio_to_raw": raw_s / path["first_s"],
               "unchanged_reimport_fraction": path["unchanged_s"] / path["first_s"],
-              **path}
+              **path, "stats_at_scale": stats}
     lines = [
         "# Catalog write path (`make bench-write`)", "",
         f"Machine: {result['machine']}. Command: `python -m tools.write_bench --images {n} --dimension "
@@ -187,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         "a first import that also embeds on a CPU pod (~0.25 s per image), see docs/evaluation.md and the README.",
         "", f"`GetCatalogStats` at {path['stats']['vectors']} vectors: {path['stats_s'] * 1000:.0f} ms "
         f"({path['stats']})."]
+    if stats:
+        lines += ["", "`GetCatalogStats` as one collection grows (three counts inside Milvus: rows flagged as a "
+                  "product's first, as an image's first, and all rows; Bounded consistency; 8-d vectors, which "
+                  "counting does not read; median and worst of 5 calls):", "",
+                  "| rows | products | median ms | worst ms |", "|---|---|---|---|"]
+        lines += [f"| {r['rows']:,} | {r['products']:,} | {r['median_ms']:.0f} | {r['max_ms']:.0f} |" for r in stats]
     args.out.write_text("\n".join(lines) + "\n")
     (args.out.with_suffix(".json")).write_text(json.dumps(result, indent=1))
     print(args.out.read_text())
