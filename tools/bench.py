@@ -206,6 +206,60 @@ def sweep(make_call: Callable[[], Callable], pids: list[int], levels: tuple[int,
     return rows, reports
 
 
+def _process_label(proc: psutil.Process, triton_pid: int) -> str:
+    cmd = proc.cmdline()
+    if cmd and cmd[0].endswith("triton_python_backend_stub") and len(cmd) > 2:
+        return f"{cmd[-2].rsplit('_', 2)[0]} (Python stub)"  # "<model>_<group>_<instance>"
+    return "tritonserver" if proc.pid == triton_pid else "search service"
+
+
+def saturation_breakdown(triton_url: str, triton_pid: int, service_pid: int, make_call: Callable[[], Callable],
+                         concurrency: int, count: int) -> dict:
+    """Where the time goes under SearchByImage at saturation: CPU cores per process (Triton, each
+    Python model's stub, the service) and Triton's own statistics per model."""
+    import tritonclient.grpc as triton_grpc
+
+    procs = [psutil.Process(triton_pid), *psutil.Process(triton_pid).children(recursive=True),
+             psutil.Process(service_pid)]
+    labels = {p.pid: _process_label(p, triton_pid) for p in procs}
+
+    def cpu() -> dict[int, float]:
+        return {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+
+    def model_stats(client: triton_grpc.InferenceServerClient) -> dict[str, dict]:
+        return {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
+
+    client = triton_grpc.InferenceServerClient(triton_url)
+    stats0, cpu0, start = model_stats(client), cpu(), time.perf_counter()
+    asyncio.run(loadtest.run(make_call(), concurrency, count=count))
+    wall, cpu1, stats1 = time.perf_counter() - start, cpu(), model_stats(client)
+    cores: dict[str, float] = {}
+    for pid, label in labels.items():
+        cores[label] = cores.get(label, 0.0) + (cpu1[pid] - cpu0[pid]) / wall
+
+    def delta(name: str, key: str, part: str = "") -> float:
+        def read(s: dict) -> float:
+            value = s.get(name, {})
+            for k in ([key, part, "ns"] if part else [key]):
+                value = value.get(k, 0) if isinstance(value, dict) else 0
+            return float(value or 0)
+        return read(stats1) - read(stats0)
+
+    def busy_ns(s: dict, name: str) -> float:  # batch_stats: one record per execution, by batch size
+        return sum(float(b.get("compute_infer", {}).get("ns", 0) or 0) for b in s.get(name, {}).get("batch_stats", []))
+
+    models = {}
+    for name in stats1:
+        requests, executions = delta(name, "inference_count"), delta(name, "execution_count")
+        if not requests or name.startswith(("detect_and_embed", "embed_region")):
+            continue
+        run_ns = busy_ns(stats1, name) - busy_ns(stats0, name)
+        models[name] = {"requests_per_s": requests / wall, "batch": requests / executions,
+                        "queue_ms": delta(name, "inference_stats", "queue") / requests / 1e6,
+                        "run_ms": run_ns / executions / 1e6, "busy": run_ns / 1e9 / wall}
+    return {"concurrency": concurrency, "count": count, "seconds": wall, "cores": cores, "models": models}
+
+
 # -- 3. import -----------------------------------------------------------------------------
 def cross_check_generators(address: str, images: list[bytes], concurrency: int, count: int) -> dict:
     """The same load (one photo, same concurrency and count) from the real ghz and from the
@@ -468,6 +522,19 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
               "per wall second. The load generator runs on the same 2 cores and used "
               f"{max(r['client_cores'] for r in svc.values()):.2f} cores at most (the in-process limit pays "
               "no client, no RPC and no inter-process copies).", ""]
+    br = data.get("breakdown")
+    if br:
+        lines += [f"Where the time goes at saturation (SearchByImage, concurrency {br['concurrency']}, "
+                  f"{br['count']} calls, {br['seconds']:.0f} s): CPU cores per process, and Triton's statistics "
+                  "per model (batch = requests per execution; run = the mean duration of one execution; "
+                  "busy = the share of the time the model was running).", "",
+                  "| process | CPU cores |", "|---|---|"]
+        lines += [f"| {name} | {c:.2f} |" for name, c in sorted(br["cores"].items(), key=lambda kv: -kv[1])]
+        lines += [f"| all | {sum(br['cores'].values()):.2f} |", "",
+                  "| model | requests/s | batch | queue ms | run ms | busy |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {m['requests_per_s']:.1f} | {m['batch']:.1f} | {m['queue_ms']:.0f} | "
+                  f"{m['run_ms']:.0f} | {m['busy']:.0%} |" for name, m in br["models"].items()]
+        lines.append("")
     lines += [f"![{p.stem}]({p.parent.name}/{p.name})" for p in plots]
     gen = data.get("generators")
     if gen:
@@ -581,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
             data["service"], reports = sweep(lambda: search_calls(stack.address, images), stack_pids,
                                              CONCURRENCY, per_level)
             plots += loadtest.plot(reports[16], plots_dir, "SearchByImage c16")
+            data["breakdown"] = saturation_breakdown(stack.triton.grpc_url, stack.triton.process.pid,
+                                                     stack.service.pid, lambda: search_calls(stack.address, images),
+                                                     16, 3 * per_level)
             plots.append(throughput_plot(data, plots_dir / "throughput.png"))
             data["generators"] = cross_check_generators(stack.address, images, 4, 24 if args.quick else 64)
             log.info("3/5 import path")
