@@ -233,6 +233,7 @@ def saturation_breakdown(triton_url: str, triton_pid: int, service_pid: int, mak
     stats0, cpu0, start = model_stats(client), cpu(), time.perf_counter()
     asyncio.run(loadtest.run(make_call(), concurrency, count=count))
     wall, cpu1, stats1 = time.perf_counter() - start, cpu(), model_stats(client)
+    client.close()
     cores: dict[str, float] = {}
     for pid, label in labels.items():
         cores[label] = cores.get(label, 0.0) + (cpu1[pid] - cpu0[pid]) / wall
