@@ -238,26 +238,27 @@ def saturation_breakdown(triton_url: str, triton_pid: int, service_pid: int, mak
     for pid, label in labels.items():
         cores[label] = cores.get(label, 0.0) + (cpu1[pid] - cpu0[pid]) / wall
 
-    def delta(name: str, key: str, part: str = "") -> float:
-        def read(s: dict) -> float:
-            value = s.get(name, {})
-            for k in ([key, part, "ns"] if part else [key]):
-                value = value.get(k, 0) if isinstance(value, dict) else 0
-            return float(value or 0)
-        return read(stats1) - read(stats0)
+    def delta(name: str, read: Callable[[dict], float]) -> float:
+        return read(stats1.get(name, {})) - read(stats0.get(name, {}))
 
-    def busy_ns(s: dict, name: str) -> float:  # batch_stats: one record per execution, by batch size
-        return sum(float(b.get("compute_infer", {}).get("ns", 0) or 0) for b in s.get(name, {}).get("batch_stats", []))
+    def count(key: str) -> Callable[[dict], float]:
+        return lambda m: float(m.get(key, 0) or 0)
+
+    def queue_ns(m: dict) -> float:
+        return float(m.get("inference_stats", {}).get("queue", {}).get("ns", 0) or 0)
+
+    def run_ns(m: dict) -> float:  # batch_stats: one record per execution, by batch size
+        return sum(float(b.get("compute_infer", {}).get("ns", 0) or 0) for b in m.get("batch_stats", []))
 
     models = {}
     for name in stats1:
-        requests, executions = delta(name, "inference_count"), delta(name, "execution_count")
+        requests, executions = delta(name, count("inference_count")), delta(name, count("execution_count"))
         if not requests or name.startswith(("detect_and_embed", "embed_region")):
             continue
-        run_ns = busy_ns(stats1, name) - busy_ns(stats0, name)
+        ran = delta(name, run_ns)
         models[name] = {"requests_per_s": requests / wall, "batch": requests / executions,
-                        "queue_ms": delta(name, "inference_stats", "queue") / requests / 1e6,
-                        "run_ms": run_ns / executions / 1e6, "busy": run_ns / 1e9 / wall}
+                        "queue_ms": delta(name, queue_ns) / requests / 1e6,
+                        "run_ms": ran / executions / 1e6, "busy": ran / 1e9 / wall}
     return {"concurrency": concurrency, "count": count, "seconds": wall, "cores": cores, "models": models}
 
 

@@ -45,12 +45,17 @@ log = logging.getLogger("tools.write_bench")
 OBJECTS_PER_IMAGE = 2  # + the whole image: three rows per image, like a typical catalog photo
 
 
+def precomputed_models(dimension: int) -> ModelVersions:
+    """The model versions the precomputed vectors stand for (they name the collection)."""
+    return ModelVersions("precomputed", "d" * 64, "precomputed", "e" * 64, dimension)
+
+
 class PrecomputedTriton:
     """Answers every image with its precomputed vectors (image bytes = its index)."""
 
     def __init__(self, vectors: np.ndarray, dimension: int) -> None:
         self.vectors = vectors  # images x (objects + 1) x dimension
-        self.models = ModelVersions("precomputed", "d" * 64, "precomputed", "e" * 64, dimension)
+        self.models = precomputed_models(dimension)
         self.calls = 0
 
     async def detect_and_embed(self, image: bytes, remaining_s: float | None = None) -> Objects:
@@ -135,7 +140,7 @@ def stats_at_scale(settings: Settings, checkpoints: list[int], dimension: int = 
     """``MilvusStore.stats()`` (what GetCatalogStats asks Milvus) as one collection grows to
     each number of rows: the median of ``calls`` calls. Counting reads the flag columns only, so
     the vectors are short here (the rows still have every other field the service stores)."""
-    models = ModelVersions("precomputed", "d" * 64, "precomputed", "e" * 64, dimension)
+    models = precomputed_models(dimension)
     store = MilvusStore(settings)
     store.connect(models)
     client = store._connected()
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = dataclasses.replace(Settings.from_env({}), milvus_uri=server.uri,
                                    import_concurrency=args.import_concurrency)
-        models = PrecomputedTriton(vectors, args.dimension).models
+        models = precomputed_models(args.dimension)
         raw_s = raw_insert(dataclasses.replace(base, milvus_collection="raw_insert"), vectors, models)
         path = asyncio.run(write_path(dataclasses.replace(base, milvus_collection="write_path"), vectors))
         stats = stats_at_scale(dataclasses.replace(base, milvus_collection="stats"),
