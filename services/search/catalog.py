@@ -1,9 +1,9 @@
 """ImportProducts, DeleteProducts and GetCatalogStats.
 
-Writes are serialised by one lock (Milvus Lite wants a single writer; on a server it keeps
-each upsert + delete pair ordered) and batched: the rows of many products go in one upsert
-and one delete. An image whose content key (bytes, mode, region, models) matches its stored
-rows is not embedded again, and its vectors are read back only when its rows must be
+Writes are batched: the rows of many products go in one upsert and one delete, and two
+writes of the same product never overlap (write_locks.py; on Milvus Lite no two writes do).
+An image whose content key (bytes, mode, region, models) matches its stored rows is not
+embedded again, and its vectors are read back only when its rows must be
 rewritten. An import returns once its rows are visible at the search consistency level, so
 searches can stay on the cheaper level.
 """
@@ -23,12 +23,14 @@ from services.api import pb
 from services.search import mapping, metrics
 from services.search import product_fields as pf
 from services.search.backends import Backends, timed
+from services.search.coalesce import Coalescer
 from services.search.config import Settings
 from services.search.errors import BackendUnavailable, Conflict, DeadlineExceeded, InvalidInput, ServiceError
 from services.search.milvus_store import row_key
 from services.search.search import IMAGE_LABEL, REGION_LABEL
 from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE, ModelVersions
 from services.search.validation import check_delete, check_image, check_product, check_region
+from services.search.write_locks import WriteLocks
 
 Remaining = Callable[[], float | None]
 Embedded = tuple[np.ndarray, np.ndarray, list[str]]  # embeddings, boxes, labels
@@ -42,46 +44,48 @@ class Prepared:
     stale: list[str] = field(default_factory=list)  # stored keys the new rows do not replace
 
 
-class StoredRows:
-    """The stored rows of the products an import is preparing, read for many products in one
-    Milvus query: the products waiting while one query runs go together in the next."""
+class StoredRows(Coalescer[str, list[dict[str, Any]]]):
+    """The stored rows of the products being imported, read for many products in one Milvus
+    query (products of every import call in flight)."""
 
     MAX_PRODUCTS = 512
 
     def __init__(self, store: Any) -> None:
+        super().__init__(self.MAX_PRODUCTS)
         self.store = store
-        self.queue: list[tuple[str, asyncio.Future]] = []
-        self.reading = False
 
-    async def rows(self, product_id: str) -> list[dict[str, Any]]:
-        future = asyncio.get_running_loop().create_future()
-        self.queue.append((product_id, future))
-        if not self.reading:
-            self.reading = True
-            asyncio.create_task(self._read())
-        return await future
+    def run(self, product_ids: list[str]) -> list[list[dict[str, Any]]]:
+        by_product: dict[str, list[dict[str, Any]]] = {}
+        for row in self.store.product_rows(sorted(set(product_ids))):
+            by_product.setdefault(row["product_id"], []).append(row)
+        return [by_product.get(pid, []) for pid in product_ids]
 
-    async def _read(self) -> None:
-        try:
-            queued = -1
-            while queued != len(self.queue) < self.MAX_PRODUCTS:  # let the products arriving together queue up
-                queued = len(self.queue)
-                await asyncio.sleep(0)
-            while self.queue:
-                batch, self.queue = self.queue[:self.MAX_PRODUCTS], self.queue[self.MAX_PRODUCTS:]
-                try:
-                    rows = await asyncio.to_thread(self.store.product_rows, sorted({pid for pid, _ in batch}))
-                except Exception as exc:  # every waiting product gets the error
-                    for _, future in batch:
-                        future.set_exception(exc)
-                    continue
-                by_product: dict[str, list[dict[str, Any]]] = {}
-                for row in rows:
-                    by_product.setdefault(row["product_id"], []).append(row)
-                for pid, future in batch:
-                    future.set_result(by_product.get(pid, []))
-        finally:
-            self.reading = False
+
+class VisibleWrites(Coalescer[dict[str, set[str]], None]):
+    """Wait until the writes of import calls are searchable, many calls in one check. Calls
+    whose products overlap go in different checks (each expects its own rows)."""
+
+    MAX_PRODUCTS = 4096
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(self.MAX_PRODUCTS)
+        self.store = store
+
+    def take(self) -> list[tuple[dict[str, set[str]], asyncio.Future]]:
+        batch, rest, products = [], [], set()
+        for item in self.queue:
+            expected = item[0]
+            if products.isdisjoint(expected) and (not batch or len(products) + len(expected) <= self.limit):
+                batch.append(item)
+                products |= expected.keys()
+            else:
+                rest.append(item)
+        self.queue = rest
+        return batch
+
+    def run(self, items: list[dict[str, set[str]]]) -> list[None]:
+        self.store.wait_visible({pid: keys for expected in items for pid, keys in expected.items()})
+        return [None] * len(items)
 
 
 def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True) -> str:
@@ -154,7 +158,9 @@ class Catalog:
     def __init__(self, settings: Settings, backends: Backends) -> None:
         self.settings = settings
         self.backends = backends
-        self._write_lock = asyncio.Lock()
+        self._locks = WriteLocks(exclusive=not settings.milvus_is_server)
+        self._stored_rows = StoredRows(backends.store)
+        self._visible_writes = VisibleWrites(backends.store)
 
     async def _embed_image(self, image: pb.ProductImage, remaining: Remaining) -> Embedded:
         check_image(image.content, f"image {image.image_id!r}", self.settings)
@@ -184,7 +190,7 @@ class Catalog:
         return embeddings, boxes, [label]
 
     async def _prepare(self, req: pb.ImportProductsRequest, limiter: asyncio.Semaphore, remaining: Remaining,
-                       models: ModelVersions, reader: StoredRows) -> Prepared:
+                       models: ModelVersions) -> Prepared:
         """One product's rows, ready to write: images whose content key matches their stored
         rows keep those vectors (no Triton call), the others are embedded, and images that fail
         keep their old vectors; every row gets the new attributes."""
@@ -199,7 +205,7 @@ class Catalog:
         except InvalidInput as exc:
             return Prepared(pid, [], [status(img.image_id, exc) for img in req.images] or [status("", exc)])
         try:
-            stored = await reader.rows(pid)
+            stored = await self._stored_rows.submit(pid)
         except ServiceError as exc:
             return Prepared(pid, [], [status(img.image_id, exc) for img in req.images])
         by_image: dict[str, list[dict[str, Any]]] = {}
@@ -277,7 +283,7 @@ class Catalog:
             if not rows:
                 return
             stale = [key for p in batch if p.rows for key in p.stale]
-            async with self._write_lock:
+            async with self._locks.hold(rows):
                 keys = await timed(metrics.MILVUS_SECONDS.labels("upsert"),
                                    asyncio.to_thread(self.backends.store.replace_products, rows, stale), None)
         except ServiceError as exc:
@@ -345,11 +351,10 @@ class Catalog:
         models = self.backends.ready()
         store = self.backends.store
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
-        reader = StoredRows(store)
         call = _Call()
         try:
             async for req in self._bounded(requests):
-                call.received(req, asyncio.create_task(self._prepare(req, limiter, remaining, models, reader)))
+                call.received(req, asyncio.create_task(self._prepare(req, limiter, remaining, models)))
                 # Backpressure: read further products only while the ones waiting for their stored
                 # rows or for Triton hold little memory (enough to read stored rows in big batches).
                 while (call.buffered_products >= StoredRows.MAX_PRODUCTS
@@ -375,10 +380,10 @@ class Catalog:
             response.vectors_written += sum(s.vectors for s in ok)
             response.images_failed += len(statuses) - len(ok)
         if written:
-            async with self._write_lock:
+            async with self._locks.hold(written):
                 await timed(metrics.MILVUS_SECONDS.labels("flush"), asyncio.to_thread(store.seal), None)
-        await timed(metrics.MILVUS_SECONDS.labels("wait_visible"), asyncio.to_thread(store.wait_visible, written),
-                    None)
+        if written:
+            await timed(metrics.MILVUS_SECONDS.labels("wait_visible"), self._visible_writes.submit(written), None)
         down = [s for s in response.items if s.status.code == BackendUnavailable.code.value[0]]
         if down:
             raise BackendUnavailable(
@@ -390,11 +395,11 @@ class Catalog:
         self.backends.ready()
         store = self.backends.store
         ids = check_delete(req)
-        async with self._write_lock:
+        async with self._locks.hold(ids):
             deleted = await timed(metrics.MILVUS_SECONDS.labels("delete"),
                                   asyncio.to_thread(store.delete_products, ids), None)
         await timed(metrics.MILVUS_SECONDS.labels("wait_visible"),
-                    asyncio.to_thread(store.wait_visible, {pid: set() for pid in ids}), None)
+                    self._visible_writes.submit({pid: set() for pid in ids}), None)
         return pb.DeleteProductsResponse(vectors_deleted=deleted)
 
     async def stats(self) -> pb.CatalogStats:

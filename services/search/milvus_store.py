@@ -359,6 +359,13 @@ class MilvusStore:
             return
         deadline = time.monotonic() + self.settings.write_visibility_timeout_s
         ids = sorted(expected)
+        # One query at Session consistency first: Milvus holds it until this process' last write
+        # to the collection is readable, where polling would sleep past that moment (a few
+        # hundred ms per import call) and cost the server a scan per poll.
+        client = self._connected()
+        with self._failures("visibility check"):
+            client.query(self.collection, filter=f"product_id in {string_list(ids[:1])}", output_fields=["pk"],
+                         consistency_level="Session", timeout=self.settings.write_visibility_timeout_s)
         while True:
             seen: dict[str, set[str]] = {pid: set() for pid in ids}
             for start in range(0, len(ids), 500):
