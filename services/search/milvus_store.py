@@ -136,7 +136,7 @@ class MilvusStore:
         if current is None:
             if not client.has_collection(wanted, timeout=self.timeout):
                 self._create(client, wanted, models)
-            client.create_alias(wanted, alias, timeout=self.timeout)
+            self._bind_alias(client, alias, wanted)
             return wanted
         if current != wanted:
             raise SchemaMismatch(
@@ -146,6 +146,19 @@ class MilvusStore:
                 f"switch {alias!r} to it without downtime: python -m services.catalog_upgrade (README, "
                 "'Upgrading the models'); or set VS_MILVUS_COLLECTION to another name")
         return current
+
+    def _bind_alias(self, client: MilvusClient, alias: str, collection: str) -> None:
+        try:
+            client.create_alias(collection, alias, timeout=self.timeout)
+        except MilvusException as exc:
+            # Milvus 2.3 keeps an alias whose collection was dropped (by hand: nothing reads
+            # through it any more); a live alias made meanwhile, by a pod starting beside this
+            # one, is left alone: this connect fails and the next one resolves it.
+            if "alias already exist" not in exc.message or client.has_collection(alias, timeout=self.timeout):
+                raise
+            log.warning("alias pointed to a collection that no longer exists; pointing it to the new one",
+                        extra={"alias": alias, "collection": collection})
+            client.alter_alias(collection, alias, timeout=self.timeout)
 
     def _load(self, client: MilvusClient) -> None:
         replicas = self.settings.milvus_replicas

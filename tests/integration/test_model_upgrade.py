@@ -112,3 +112,32 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
     with pytest.raises(TimeoutError, match="was not built for the models Triton serves"):
         start_search_service(f"127.0.0.1:{free_port()}", triton.grpc_url, milvus_server.uri, tmp_path / "stale.log",
                              timeout_s=20, VS_MILVUS_COLLECTION=ALIAS, VS_METRICS_PORT="0")
+
+
+def test_an_alias_whose_collection_was_dropped_by_hand_points_to_the_new_collection(milvus_server):
+    import dataclasses
+
+    from pymilvus import MilvusClient
+
+    from services.search.config import Settings
+    from services.search.milvus_store import MilvusStore
+    from services.search.triton_client import ModelVersions
+
+    settings = dataclasses.replace(Settings.from_env({}), milvus_uri=milvus_server.uri,
+                                   milvus_collection="dropped_by_hand")
+    models = ModelVersions("det", "a" * 64, "emb", "b" * 64, 8)
+    first = MilvusStore(settings)
+    first.connect(models)
+    first.disconnect()
+    client = MilvusClient(uri=milvus_server.uri)
+    client.drop_collection(first.collection)  # Milvus 2.3 keeps the alias
+
+    store = MilvusStore(settings)
+    store.connect(models)  # before: "alias already exist", the service never became ready
+    try:
+        assert client.describe_alias("dropped_by_hand")["collection_name"] == store.collection
+        assert store.stats()["products"] == 0
+    finally:
+        store.disconnect()
+        client.drop_alias("dropped_by_hand")
+        client.drop_collection(store.collection)
