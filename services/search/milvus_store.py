@@ -80,14 +80,13 @@ class MilvusStore:
         self.dimension: int | None = None
         self.timeout = settings.milvus_timeout_s
         self.collection = settings.milvus_collection
-        self.is_server = settings.milvus_is_server
         self._client: MilvusClient | None = None
         self._resolved: str | None = None  # the collection this process settled on
         self._lock = threading.Lock()
 
     @property
     def mode(self) -> str:
-        return "milvus-server" if self.is_server else "milvus-lite"
+        return "milvus-server" if self.settings.milvus_is_server else "milvus-lite"
 
     # -- connection -------------------------------------------------------------------
     def connect(self, models: ModelVersions, bind_alias: bool = True) -> None:
@@ -102,7 +101,7 @@ class MilvusStore:
                 return
             self.dimension = models.dimension
             uri = self.settings.milvus_uri
-            if not self.is_server:
+            if not self.settings.milvus_is_server:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             try:
                 client = MilvusClient(uri=uri, token=self.settings.milvus_token,
@@ -358,7 +357,7 @@ class MilvusStore:
         segments (Lite searches unsealed memtable rows one by one in Python, which grows slow
         with the catalog). A server seals on its own; flushing it after every call would only
         make small segments."""
-        if not self.is_server:
+        if not self.settings.milvus_is_server:
             client = self._connected()
             with self._failures("flush"):
                 client.flush(self.collection, timeout=self.timeout)
