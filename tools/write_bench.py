@@ -182,7 +182,7 @@ def stats_at_scale(settings: Settings, checkpoints: list[int], dimension: int = 
             start = time.perf_counter()
             counts = store.stats()
             timings.append(time.perf_counter() - start)
-        log.warning("stats at %d rows: %s", image * per_image, counts)
+        log.info("stats at %d rows: %s", image * per_image, counts)
         results.append({"rows": image * per_image, "median_ms": float(np.median(timings)) * 1000,
                         "max_ms": max(timings) * 1000, "products": counts["products"], "vectors": counts["vectors"]})
     return results
@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=BUILD / "write-bench")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-write.md")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    # pymilvus is chatty at INFO: only this tool's progress is
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
     vectors = unit_vectors(args.images * (OBJECTS_PER_IMAGE + 1), args.dimension, 0).reshape(
         args.images, OBJECTS_PER_IMAGE + 1, args.dimension)
     server = MilvusServer(args.work / "milvus").start()

@@ -88,13 +88,14 @@ class VisibleWrites(Coalescer[dict[str, set[str]], None]):
         return [None] * len(items)
 
 
-def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True) -> str:
-    """What decides an image's rows: its bytes, embed mode and region, both models, and
-    whether the whole image is stored besides its objects."""
+def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True,
+                min_detection_score: float = 0.0) -> str:
+    """What decides an image's rows: its bytes, embed mode and region, both models, whether
+    the whole image is stored besides its objects, and the least score of a stored object."""
     digest = hashlib.sha256()
     region = image.region
     digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{image.mode}:{region.x_min}:{region.y_min}:"
-                  f"{region.x_max}:{region.y_max}:{store_whole_image}:".encode())
+                  f"{region.x_max}:{region.y_max}:{store_whole_image}:{min_detection_score:g}:".encode())
     digest.update(image.content)
     return digest.hexdigest()
 
@@ -168,6 +169,7 @@ class Catalog:
         if image.mode == pb.EMBED_MODE_DETECT:
             found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
                                 triton.detect_and_embed(image.content, remaining()), remaining())
+            found = found.confident(self.settings.confident_detection_score)
             if found.labels and not self.settings.store_whole_image:
                 return found.embeddings, found.boxes, list(found.labels)
             # every detected object, and the image as a whole (stored for every catalog image,
@@ -223,7 +225,8 @@ class Catalog:
                 except ServiceError as exc:
                     return exc
 
-        keys = [content_key(image, models, self.settings.store_whole_image) for image in req.images]
+        keys = [content_key(image, models, self.settings.store_whole_image, self.settings.confident_detection_score)
+                for image in req.images]
         todo = [img for img, key in zip(req.images, keys, strict=True) if not unchanged(img, key)]
         # one image (most products) is awaited here: no task per image
         results = [await embed(todo[0])] if len(todo) == 1 else await asyncio.gather(*(embed(img) for img in todo))

@@ -130,6 +130,11 @@ class Settings:
                                        "store one whole-image vector per catalog image besides its objects "
                                        "(false: objects only, the whole image only when nothing is detected)",
                                        _flag)
+    confident_detection_score: float = _setting(
+        "VS_CONFIDENT_DETECTION_SCORE", 0.05,
+        "detections scoring below this are searched and returned as their own groups, but not stored for "
+        "catalog images nor merged into the response's product list (mostly background and parts)",
+        float, lambda v: 0 <= v <= 1)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",
                                             float, _positive)

@@ -64,6 +64,9 @@ class Search:
         return np.stack(vectors), objects, not keep
 
     async def search(self, req: pb.SearchByImageRequest, remaining: Remaining) -> pb.SearchByImageResponse:
+        """Every object's own matches, and one product list merged from the whole photo and the
+        confident objects: a low-scoring box (background, a part of something) still gets its
+        group, but its chance matches do not push the photographed product down the list."""
         models = self.backends.ready()
         query = check_search(req, self.settings)
         embeddings, objects, whole_image = await self._objects(query, remaining)
@@ -77,7 +80,10 @@ class Search:
         for (box, label, score, whole), object_hits in zip(objects, hits, strict=True):
             group = response.objects.add(box=mapping.box(box), label=label, detection_score=score, whole_image=whole)
             group.matches.extend(collapse(object_hits, query.top_k, query.min_similarity))
-        response.products.extend(collapse([h for group in hits for h in group], query.top_k, query.min_similarity))
+        listed = [group for (_, label, score, whole), group in zip(objects, hits, strict=True)
+                  if whole or label == REGION_LABEL or score >= self.settings.confident_detection_score]
+        response.products.extend(collapse([h for group in (listed or hits) for h in group], query.top_k,
+                                          query.min_similarity))
         return response
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest, remaining: Remaining

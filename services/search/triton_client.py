@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -63,6 +63,14 @@ class Objects:
     embeddings: np.ndarray  # KxD, unit length
     whole_box: np.ndarray  # 4: the whole image in original pixels
     whole_embedding: np.ndarray  # D: the whole image's vector
+
+    def confident(self, min_score: float) -> Objects:
+        """The objects scoring at least ``min_score`` (the whole image stays)."""
+        keep = np.flatnonzero(np.asarray(self.scores) >= min_score)
+        if len(keep) == len(self.labels):
+            return self
+        return replace(self, boxes=self.boxes[keep], scores=self.scores[keep],
+                                   labels=[self.labels[i] for i in keep], embeddings=self.embeddings[keep])
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.api import pb
+from services.search.config import Settings
 from tests.integration.service_process import ServiceProcess
 from tests.payloads import png_with_declared_size
 from tools.demo_catalog import CATALOG, import_requests, product_for
@@ -104,10 +105,24 @@ def test_region_search_skips_detection_and_searches_the_box(service, catalog, ph
 
 
 def test_nothing_detected_searches_the_whole_image_and_says_so(service, catalog, photos):
-    response = search(service, encode(photos["rocket"].pixels), top_k=3)
+    # every detection suppressed: the path of a photo in which the detector finds nothing
+    response = search(service, encode(photos["rocket"].pixels), top_k=3, min_detection_score=0.99)
     assert response.whole_image_searched
     assert [g.label for g in response.objects] == ["image"]
     assert top_product(response.objects[0]) == "rocket-001"
+
+
+def test_tentative_detections_get_their_groups_but_the_list_comes_from_the_whole_photo(service, catalog, photos):
+    confident = Settings.from_env({}).confident_detection_score
+    response = search(service, encode(photos["rocket"].pixels), top_k=3)
+    tentative = [g for g in response.objects if not g.whole_image]
+    # the rocket is no COCO class: the detector keeps only low-scoring boxes on this photo
+    assert tentative and all(g.detection_score < confident and g.matches for g in tentative)
+    assert not response.whole_image_searched
+    whole = response.objects[-1]
+    assert whole.whole_image and top_product(whole) == "rocket-001"
+    assert [(m.product_id, m.similarity) for m in response.products] == [
+        (m.product_id, m.similarity) for m in whole.matches]
 
 
 def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, photos):

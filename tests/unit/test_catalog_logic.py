@@ -212,7 +212,17 @@ def test_a_product_deleted_while_its_kept_rows_are_rewritten_is_not_brought_back
     assert {r["price"] for r in fake_store.rows.values()} == {4.0}
 
 
-def test_content_keys_change_with_bytes_mode_region_and_either_model():
+def test_tentative_detections_of_a_catalog_image_are_not_stored(catalog, fake_triton, fake_store):
+    # 0.02 is under VS_CONFIDENT_DETECTION_SCORE (0.05): a part or a bit of the studio background
+    fake_triton.detections[b"i1"] = objects(("cup", 0.9, RED), ("spoon", 0.02, GREEN))
+    fake_triton.detections[b"i2"] = objects(("bowl", 0.01, BLUE))
+    response = do_import(catalog, product("P", "i1", "i2"))
+    assert response.vectors_written == 3
+    assert sorted(fake_store.rows) == ["P|i1|0", "P|i1|1", "P|i2|0"]
+    assert [fake_store.rows[k]["label"] for k in sorted(fake_store.rows)] == ["cup", "image", "image"]
+
+
+def test_content_keys_change_with_bytes_mode_region_either_model_and_the_stored_objects():
     from services.search.catalog import content_key
     from tests.unit.fakes import MODELS
 
@@ -224,8 +234,9 @@ def test_content_keys_change_with_bytes_mode_region_and_either_model():
                                         region=pb.BoundingBox(x_max=5, y_max=5)), MODELS),
             content_key(image, dataclasses.replace(MODELS, embedder_sha256="f" * 64)),
             content_key(image, dataclasses.replace(MODELS, detector_sha256="c" * 64)),
-            content_key(image, MODELS, store_whole_image=False)}
-    assert len(keys) == 7
+            content_key(image, MODELS, store_whole_image=False),
+            content_key(image, MODELS, min_detection_score=0.05)}
+    assert len(keys) == 8
     assert content_key(pb.ProductImage(image_id="other id", content=b"jpeg"), MODELS) == content_key(image, MODELS)
 
 

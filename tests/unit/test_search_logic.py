@@ -108,6 +108,26 @@ def test_one_merged_list_ranks_each_product_once_across_groups(search, fake_trit
     assert all(m.similarity == best[m.product_id] for m in response.products)
 
 
+def test_a_tentative_detection_keeps_its_group_but_stays_out_of_the_merged_list(search, fake_triton, stocked):
+    # 0.02 is under VS_CONFIDENT_DETECTION_SCORE (0.05): a background bit that matches C exactly
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0, 0)), ("cat", 0.02, GREEN),
+                                               whole=BLUE)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1), no_deadline))
+    assert [g.label for g in response.objects] == ["cup", "cat", "image"]
+    assert [g.matches[0].product_id for g in response.objects[:2]] == ["A", "C"]
+    assert response.objects[1].matches[0].similarity > response.objects[0].matches[0].similarity
+    # C matches the tentative cat exactly, the whole photo (BLUE) not at all: the cup's A wins
+    assert [m.product_id for m in response.products] == ["A"]
+
+
+def test_with_only_tentative_detections_the_merged_list_takes_every_group(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cat", 0.02, GREEN), whole=RED)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1, skip_whole_image=True),
+                                 no_deadline))
+    assert [g.label for g in response.objects] == ["cat"]
+    assert [m.product_id for m in response.products] == ["C"]
+
+
 def test_a_given_region_skips_detection(search, fake_triton, stocked):
     fake_triton.whole[b"photo"] = GREEN
     box = pb.BoundingBox(x_min=1, y_min=2, x_max=30, y_max=40)

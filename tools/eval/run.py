@@ -57,6 +57,7 @@ class Variant:
     int8: bool = True  # the CPU configs serve the INT8 files where their prefer_int8 says so
     float_embedder: bool = False  # the embedder's float file even where INT8 is preferred
     postprocess: dict[str, str] = field(default_factory=dict)
+    service_env: dict[str, str] = field(default_factory=dict)  # the search service's settings (VS_*)
     description: str = ""
 
 
@@ -107,6 +108,10 @@ VARIANTS = {v.name: v for v in [
                                    "detector and embedder)"),
     Variant("int8-detector-only", float_embedder=True,
             description="shipped with the float embedder (INT8 detector only)"),
+    Variant("threshold-0.05", postprocess={"score_threshold": "0.05"},
+            description="shipped with detection score >= 0.05 (the setting before VS_CONFIDENT_DETECTION_SCORE)"),
+    Variant("all-detections-listed", service_env={"VS_CONFIDENT_DETECTION_SCORE": "0"},
+            description="shipped, every detection stored for catalog images and merged into the product list"),
 ]}
 DEFAULT_VARIANTS = list(VARIANTS)
 
@@ -226,14 +231,14 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     subprocess.run(["rm", "-rf", str(folder)], check=True)
     repository = copy_variant(folder / "repository", embedder=served, parameters=parameters)
     with local_stack(folder, repository=repository,
-                     VS_STORE_WHOLE_IMAGE="true" if variant.whole_image else "false") as stack:
+                     VS_STORE_WHOLE_IMAGE="true" if variant.whole_image else "false", **variant.service_env) as stack:
         import_s, vectors = import_catalog(stack.address, evalset.manifest)
         reimport_s, _ = import_catalog(stack.address, evalset.manifest)  # unchanged: no Triton call
         answers = asyncio.run(run_queries(stack.address, evalset.queries, evalset.folder, variant.whole_image))
     result = {"variant": variant.name, "description": variant.description, "embedder": manifest["name"],
               "dimension": manifest["serving"]["output"]["shape"][0],
               "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
-              "postprocess": postprocess, "import_s": import_s,
+              "postprocess": postprocess, "service_env": variant.service_env, "import_s": import_s,
               "unchanged_reimport_s": reimport_s, "catalog_vectors": vectors,
               "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000), "kinds": {}}
     for kind in sorted({a.query.kind for a in answers}):
