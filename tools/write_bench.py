@@ -131,7 +131,7 @@ def settle(store: MilvusStore, timeout_s: float = 1800) -> float:
     Between timed phases: the server builds the index of the rows just written in the
     background (on this 2-core machine, ~35 s of both cores for 30,000 1280-d rows), and the
     next phase must not pay for the previous one's build."""
-    client = store._connected()
+    client = store.client()
     start = time.perf_counter()
     client.flush(store.collection, timeout=timeout_s)
     while time.perf_counter() - start < timeout_s:
@@ -147,7 +147,7 @@ def raw_insert(settings: Settings, vectors: np.ndarray, models: ModelVersions) -
     Returns the seconds, and those the server then needs to index them (see settle)."""
     store = MilvusStore(settings)
     store.connect(models)
-    client = store._connected()
+    client = store.client()
     rows = [row for i, image_vectors in enumerate(vectors) for row in image_rows(i, image_vectors, models)]
     start = time.perf_counter()
     for i in range(0, len(rows), 1024):
@@ -165,7 +165,7 @@ def stats_at_scale(settings: Settings, checkpoints: list[int], dimension: int = 
     models = precomputed_models(dimension)
     store = MilvusStore(settings)
     store.connect(models)
-    client = store._connected()
+    client = store.client()
     rng = np.random.default_rng(1)
     results, image, per_image = [], 0, OBJECTS_PER_IMAGE + 1
     for rows_wanted in checkpoints:

@@ -38,7 +38,7 @@ BOOKKEEPING_FIELDS = ("content_key", "product_head", "image_head")
 # What an import reads of a product's stored rows: everything but the vector (1280 floats per
 # row would travel for every product; an import fetches vectors only for the rows it rewrites).
 STORED_ROW_FIELDS = ["pk", *OUTPUT_FIELDS, *BOOKKEEPING_FIELDS]
-KEYS_PER_QUERY = 512  # primary keys per `pk in [...]` expression
+KEYS_PER_QUERY = 512  # primary keys (or product ids) per `... in [...]` expression
 MAX_SEARCH_LIMIT = 16_384  # Milvus' topk ceiling
 
 
@@ -238,6 +238,11 @@ class MilvusStore:
                 f"collection {self.collection!r} holds {dim}-d vectors but the embedder produces "
                 f"{self.dimension}-d ones; use another VS_MILVUS_COLLECTION or re-import the catalog")
 
+    def client(self) -> MilvusClient:
+        """The live connection, for tools that measure Milvus itself (the write benchmark's raw
+        insert and index waits); the service goes through this class' methods."""
+        return self._connected()
+
     def _connected(self) -> MilvusClient:
         if self._client is None:
             raise BackendUnavailable(f"Milvus at {self.settings.milvus_uri} is unavailable (reconnecting)")
@@ -380,8 +385,8 @@ class MilvusStore:
                          consistency_level="Session", timeout=self.settings.write_visibility_timeout_s)
         while True:
             seen: dict[str, set[str]] = {pid: set() for pid in ids}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
+            for start in range(0, len(ids), KEYS_PER_QUERY):
+                chunk = ids[start:start + KEYS_PER_QUERY]
                 client = self._connected()
                 with self._failures("visibility check"):
                     rows = client.query(self.collection, filter=f"product_id in {string_list(chunk)}",

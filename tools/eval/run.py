@@ -110,6 +110,8 @@ VARIANTS = {v.name: v for v in [
             description="shipped with the float embedder (INT8 detector only)"),
     Variant("threshold-0.05", postprocess={"score_threshold": "0.05"},
             description="shipped with detection score >= 0.05 (the setting before VS_CONFIDENT_DETECTION_SCORE)"),
+    Variant("threshold-0.005", postprocess={"score_threshold": "0.005"},
+            description="shipped with detection score >= 0.005"),
     Variant("all-detections-listed", service_env={"VS_CONFIDENT_DETECTION_SCORE": "0"},
             description="shipped, every detection stored for catalog images and merged into the product list"),
 ]}
