@@ -241,7 +241,7 @@ def saturation_breakdown(triton_url: str, triton_pid: int, service_pid: int, mak
     def delta(name: str, read: Callable[[dict], float]) -> float:
         return read(stats1.get(name, {})) - read(stats0.get(name, {}))
 
-    def count(key: str) -> Callable[[dict], float]:
+    def field(key: str) -> Callable[[dict], float]:
         return lambda m: float(m.get(key, 0) or 0)
 
     def queue_ns(m: dict) -> float:
@@ -252,7 +252,7 @@ def saturation_breakdown(triton_url: str, triton_pid: int, service_pid: int, mak
 
     models = {}
     for name in stats1:
-        requests, executions = delta(name, count("inference_count")), delta(name, count("execution_count"))
+        requests, executions = delta(name, field("inference_count")), delta(name, field("execution_count"))
         if not requests or name.startswith(("detect_and_embed", "embed_region")):
             continue
         ran = delta(name, run_ns)

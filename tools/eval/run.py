@@ -126,6 +126,7 @@ class Answer:
     nothing_detected: bool
     object_found: bool  # a detected box matched the object (scene queries)
     seconds: float
+    query_vectors: int  # groups searched: the objects, and the whole photo unless skipped
 
 
 def embedder_for(variant: Variant, cache: Path) -> Path:
@@ -170,7 +171,7 @@ async def run_queries(address: str, queries: list[dataset.Query], folder: Path, 
                     group = None
                 object_ranking = _ranking(group.matches) if group is not None else _ranking(response.products)
                 answers.append(Answer(query, object_ranking, _ranking(response.products),
-                                      response.whole_image_searched, found, seconds))
+                                      response.whole_image_searched, found, seconds, len(response.objects)))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return answers
@@ -242,7 +243,8 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
               "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
               "postprocess": postprocess, "service_env": variant.service_env, "import_s": import_s,
               "unchanged_reimport_s": reimport_s, "catalog_vectors": vectors,
-              "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000), "kinds": {}}
+              "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000),
+              "query_vectors_mean": float(np.mean([a.query_vectors for a in answers])), "kinds": {}}
     for kind in sorted({a.query.kind for a in answers}):
         subset = [a for a in answers if a.query.kind == kind]
         detected = [a for a in subset if a.object_found]
@@ -298,17 +300,19 @@ def write_markdown(path: Path, data: dict) -> None:
     lines += ["", "Similarity of the true match at rank 1 against the best wrong product (object rankings), "
               "and the `min_similarity` that keeps 95 % of true rank-1 matches:", "",
               "| variant | true match (median) | best wrong (median) | recommended min_similarity | "
-              "wrong rank-1 answers it removes | queries with nothing detected (R@1) | catalog vectors per image |",
-              "|---|---|---|---|---|---|---|"]
+              "wrong rank-1 answers it removes | queries with nothing detected (R@1) | catalog vectors per image | "
+              "query vectors per photo |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         s, nd = r["similarity"], r["nothing_detected"]
         blind = f"{nd['queries']} ({nd['recall1']:.2f})" if nd["queries"] else "0"
         if s:
             per_image = f"{r['catalog_vectors'] / data['set']['catalog_images']:.2f}" \
                 if r.get("catalog_vectors") and data["set"].get("catalog_images") else "-"
+            searched = f"{r['query_vectors_mean']:.2f}" if "query_vectors_mean" in r else "-"
             lines.append(f"| {r['variant']} | {s['true_match_median']:.3f} | {s['best_wrong_median']:.3f} | "
                          f"{s['recommended_min_similarity']:.2f} | {s['wrong_rank1_removed']:.2f} | {blind} | "
-                         f"{per_image} |")
+                         f"{per_image} | {searched} |")
     imports = [r for r in data["results"] if r.get("unchanged_reimport_s")]
     if imports:
         lines += ["", "Importing the catalog with `services.importer` (its defaults), then the same catalog again "
