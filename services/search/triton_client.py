@@ -70,7 +70,7 @@ class Objects:
         if len(keep) == len(self.labels):
             return self
         return replace(self, boxes=self.boxes[keep], scores=self.scores[keep],
-                                   labels=[self.labels[i] for i in keep], embeddings=self.embeddings[keep])
+                       labels=[self.labels[i] for i in keep], embeddings=self.embeddings[keep])
 
 
 @dataclass(frozen=True)
