@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from services.search.config import Settings
 from tests.conftest import REPOSITORY, require
 from tests.integration.triton_calls import detect_and_embed
 from tools.models import manifest as mf
@@ -39,11 +40,16 @@ def test_int8_detector_finds_the_same_objects_as_float(pipelines, photos, name):
 
 def test_int8_embeddings_stay_close_to_float(pipelines, photos):
     floating, int8 = pipelines
-    crops = np.concatenate([floating.detect(encode(photos[name].pixels)).crops for name in LABELLED])
+    # the objects the service stores and lists (and the whole photos): the detector's tentative
+    # boxes below VS_CONFIDENT_DETECTION_SCORE are often slivers of background
+    confident = Settings.from_env({}).confident_detection_score
+    found = [floating.detect(encode(photos[name].pixels)) for name in LABELLED]
+    crops = np.concatenate([f.crops[(f.scores >= confident) | (f.class_ids < 0)] for f in found])
     cosine = (floating.embed(crops) * int8.embed(crops)).sum(axis=1)
     # most crops keep their vector; a few unusual ones move more with EfficientNet-Lite0 (its
-    # depthwise layers quantize less evenly than ResNet-50's). What that costs in recall is
-    # measured by `make eval`: the `shipped` and `int8-detector-only` rows of docs/evaluation.md.
+    # depthwise layers quantize less evenly than ResNet-50's). What that costs in recall, on
+    # every box the detector keeps, is measured by `make eval`: the `shipped`, `shipped-float`
+    # and `int8-detector-only` rows of docs/evaluation.md.
     assert np.median(cosine) > 0.98 and cosine.min() > 0.85, cosine
 
 
@@ -66,4 +72,5 @@ def test_triton_cpu_variant_serves_the_int8_files(triton, pipelines, photos):
     with grpcclient.InferenceServerClient(triton.grpc_url) as client:
         served = detect_and_embed(client, data)["EMBEDDINGS"]
     np.testing.assert_allclose(served, int8.detect_and_embed(data).embeddings, atol=2e-4)
-    assert np.abs(served - floating.detect_and_embed(data).embeddings).max() > 1e-3
+    # float may keep another low-scoring box: compare the whole photo's vector (always the last)
+    assert np.abs(served[-1] - floating.detect_and_embed(data).embeddings[-1]).max() > 1e-3
