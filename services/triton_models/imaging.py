@@ -135,12 +135,13 @@ class DetectionSettings:
     class_agnostic_nms: bool = False  # one NMS over all classes: one box per object, whatever its class
     min_box_fraction: float = 0.0  # drop boxes smaller than this share of the photo
     max_box_fraction: float = 1.0  # drop boxes larger than this share (the whole photo is searched anyway)
+    crop_margin: float = 0.0  # each side of an object's crop widened by this share of its box
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> DetectionSettings:
         return cls(float(params["score_threshold"]), float(params["iou_threshold"]), int(params["max_objects"]),
                    params.get("class_agnostic_nms", "0") == "1", float(params.get("min_box_fraction", "0")),
-                   float(params.get("max_box_fraction", "1")))
+                   float(params.get("max_box_fraction", "1")), float(params.get("crop_margin", "0")))
 
 
 def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
@@ -225,7 +226,15 @@ def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.nd
     original = work * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
     original = np.clip(original, 0, [width, height, width, height]).astype(np.float32)
     return Detections(original, scores.astype(np.float32), classes.astype(np.int32),
-                      crop_resize(pixels, work, crop_size), fallback)
+                      crop_resize(pixels, widened(work, settings.crop_margin, w, h), crop_size), fallback)
+
+
+def widened(boxes: np.ndarray, margin: float, width: float, height: float) -> np.ndarray:
+    """xyxy boxes with each side moved out by ``margin`` of the box's size, clipped to the image."""
+    if margin <= 0:
+        return boxes
+    size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1) * np.array([-1, -1, 1, 1], np.float32)
+    return np.clip(boxes + size * margin, 0, [width, height, width, height]).astype(np.float32)
 
 
 def region_crop(decoded: Decoded, region: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:

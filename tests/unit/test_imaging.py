@@ -138,3 +138,19 @@ def test_box_share_limits_drop_tiny_and_whole_photo_boxes():
     boxes, scores, classes = imaging.detect(raw, 3, settings, image_area=640 * 640)
     assert classes.tolist() == [2]
     assert len(imaging.detect(raw, 3, imaging.DetectionSettings(), image_area=640 * 640)[0]) == 3
+
+
+def test_a_crop_margin_widens_the_embedded_crop_but_not_the_reported_box():
+    # a white square on black; the detector (letterbox 1:1, no padding) boxes it tightly
+    pixels = np.zeros((200, 200, 3), np.uint8)
+    pixels[50:150, 50:150] = 255
+    raw = _yolo((100, 100, 100, 100, 0, 0.9))
+    geometry = np.array([1, 0, 0, 1, 1, 200, 200], np.float32)
+    tight = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(), 32)
+    wide = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(crop_margin=0.25),
+                                           32)
+    assert tight.boxes[0].tolist() == wide.boxes[0].tolist() == [50, 50, 150, 150]
+    assert tight.crops[0].min() == 255  # the square fills the tight crop
+    inner = wide.crops[0][:, 8:24, 8:24]  # the square is the middle two thirds of the wide crop
+    assert inner.min() == 255 and wide.crops[0][:, :3, :].max() == 0
+    assert (wide.crops[1] == tight.crops[1]).all()  # the whole image is not widened

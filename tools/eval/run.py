@@ -112,6 +112,10 @@ VARIANTS = {v.name: v for v in [
             description="shipped with detection score >= 0.05 (the setting before VS_CONFIDENT_DETECTION_SCORE)"),
     Variant("threshold-0.005", postprocess={"score_threshold": "0.005"},
             description="shipped with detection score >= 0.005"),
+    Variant("crop-margin-0.1", postprocess={"crop_margin": "0.1"},
+            description="shipped with object crops widened by 10 % of the box on each side"),
+    Variant("crop-margin-0.2", postprocess={"crop_margin": "0.2"},
+            description="shipped with object crops widened by 20 % of the box on each side"),
     Variant("all-detections-listed", service_env={"VS_CONFIDENT_DETECTION_SCORE": "0"},
             description="shipped, every detection stored for catalog images and merged into the product list"),
 ]}
