@@ -21,7 +21,8 @@ REGION_LABEL = "region"  # label of a caller-given region
 IMAGE_LABEL = mapping.WHOLE_IMAGE_LABEL
 
 Remaining = Callable[[], float | None]
-SearchedObject = tuple[np.ndarray, str, float, bool]  # box, label, detection score, whole photo
+# box, label, detection score, whole photo, merged into the product list
+SearchedObject = tuple[np.ndarray, str, float, bool, bool]
 
 
 def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
@@ -46,20 +47,24 @@ class Search:
     async def _objects(self, query: SearchQuery, remaining: Remaining
                        ) -> tuple[np.ndarray, list[SearchedObject], bool]:
         """Embeddings of what to search (the kept objects, then the whole photo unless the
-        caller skips it) with their groups, and whether no object was kept."""
+        caller skips it) with their groups, and whether no object was kept. A detected object
+        joins the product list only from VS_CONFIDENT_DETECTION_SCORE; a region and the whole
+        photo always do."""
         if query.region is not None:
             embeddings, boxes = await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
                                             self.backends.triton.embed_region(query.image, query.region, remaining()),
                                             remaining())
-            return embeddings, [(boxes[0], REGION_LABEL, 0.0, False)], False
+            return embeddings, [(boxes[0], REGION_LABEL, 0.0, False, True)], False
         found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
                             self.backends.triton.detect_and_embed(query.image, remaining()), remaining())
         keep = [i for i in range(len(found.labels)) if found.scores[i] >= query.min_detection_score]
         keep = sorted(keep, key=lambda i: -found.scores[i])[: query.max_objects or None]
-        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False) for i in keep]
+        confident = self.settings.confident_detection_score
+        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False, bool(found.scores[i] >= confident))
+                   for i in keep]
         vectors = [found.embeddings[i] for i in keep]
         if not keep or not query.skip_whole_image:
-            objects.append((found.whole_box, IMAGE_LABEL, 0.0, True))
+            objects.append((found.whole_box, IMAGE_LABEL, 0.0, True, True))
             vectors.append(found.whole_embedding)
         return np.stack(vectors), objects, not keep
 
@@ -77,11 +82,10 @@ class Search:
                               query.expression),
             remaining())
         response = pb.SearchByImageResponse(whole_image_searched=whole_image, models=mapping.model_info(models))
-        for (box, label, score, whole), object_hits in zip(objects, hits, strict=True):
+        for (box, label, score, whole, _), object_hits in zip(objects, hits, strict=True):
             group = response.objects.add(box=mapping.box(box), label=label, detection_score=score, whole_image=whole)
             group.matches.extend(collapse(object_hits, query.top_k, query.min_similarity))
-        listed = [group for (_, label, score, whole), group in zip(objects, hits, strict=True)
-                  if whole or label == REGION_LABEL or score >= self.settings.confident_detection_score]
+        listed = [group for (*_, in_list), group in zip(objects, hits, strict=True) if in_list]
         response.products.extend(collapse([h for group in (listed or hits) for h in group], query.top_k,
                                           query.min_similarity))
         return response
