@@ -97,6 +97,41 @@ def test_whitening_projects_to_unit_vectors_of_the_fitted_directions(pixels):
         whitening.fit(full[:2], 3, power=0.5)
 
 
+def test_learned_whitening_damps_what_differs_between_two_shots_of_one_thing():
+    rng = np.random.default_rng(3)
+    things = rng.normal(size=(100, 8))
+    # the nuisance (lighting, framing) moves dimension 0 more than anything that tells things apart
+    shot = things + np.outer(rng.normal(scale=4.0, size=100), np.eye(8)[0]) + rng.normal(scale=0.05, size=(100, 8))
+    mean, projection = whitening.fit_learned(things, shot, 4)
+    assert projection.shape == (8, 4)
+    pca_mean, pca = whitening.fit(np.concatenate([things, shot]), 4, power=0.0)
+
+    def matched(m: np.ndarray, p: np.ndarray) -> float:
+        a, b = unit((things - m) @ p), unit((shot - m) @ p)
+        return float((np.argmax(b @ a.T, 1) == np.arange(len(a))).mean())
+
+    # PCA keeps the nuisance's direction (the largest variance); the learned projection leaves it out
+    assert abs(unit(pca.T)[0, 0]) > 0.9
+    assert np.abs(unit(projection.T)[:, 0]).max() < 0.1
+    assert matched(mean, projection) > 0.9 > 0.3 > matched(pca_mean, pca)
+    with pytest.raises(ValueError, match="as many anchors"):
+        whitening.fit_learned(things, shot[:-1], 2)
+
+
+def test_reference_pairs_frame_one_region_as_a_catalog_shot_and_as_a_shopper_photo(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 120, (300, 400, 3), dtype=np.uint8)).save(photo)
+    anchors, positives = whitening.reference_pairs([photo], SIZE * 4, per_photo=5)
+    assert anchors.shape == positives.shape == (5, 3, SIZE * 4, SIZE * 4)
+    assert anchors.dtype == positives.dtype == np.uint8
+    # the catalog-like crop sits on a plain light background; the photo itself is dark
+    assert (anchors[:, :, 0, 0] >= 225).all() and (anchors[:, :, 0, 0] == anchors[:, :1, 0, 0]).all()
+    assert (positives.reshape(5, -1).mean(1) < 150).all()
+
+
 def test_a_model_whose_licence_forbids_changes_is_served_byte_for_byte(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -124,3 +159,21 @@ def test_a_model_whose_licence_forbids_changes_is_served_byte_for_byte(tmp_path)
         output={"name": "embedding"})))
     with pytest.raises(mf.ManifestError, match="uint8 RGB"):
         prepare.prepare(raw, tmp_path / "served2")
+
+
+def test_a_served_as_published_embedder_is_never_projected(tmp_path):
+    from tools.models import build
+
+    # refused before anything is fetched: projecting would rewrite a file whose licence forbids it
+    with pytest.raises(mf.ManifestError, match="exactly as published"):
+        build.builtin_model("sscd", tmp_path, dimension=256)
+    with pytest.raises(mf.ManifestError, match="built-in embedders only"):
+        build.resolve(str(tmp_path), "embedder", tmp_path, dimension=256)
+
+
+def test_the_embedding_dimension_setting_must_be_a_number(capsys):
+    from tools.models import build
+
+    with pytest.raises(SystemExit):
+        build.main(["--dimension", "256d"])
+    assert "--dimension must be a whole number, not '256d'" in capsys.readouterr().err

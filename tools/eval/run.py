@@ -52,7 +52,7 @@ class Variant:
     embedder: str = build.DEFAULT_EMBEDDER
     pooling: str | None = None  # None = the built-in's shipped choice
     dimension: int | None = None  # None = the shipped choice; 0 = the model's full dimension
-    power: float | None = None  # whitening power of the projection (None = the shipped choice)
+    projection: str | None = None  # projection method, whitening.METHODS (None = the shipped choice)
     whole_image: bool = True  # catalog whole-image rows + the whole query photo searched
     int8: bool = True  # the CPU configs serve the INT8 files where their prefer_int8 says so
     float_embedder: bool = False  # the embedder's float file even where INT8 is preferred
@@ -77,17 +77,19 @@ VARIANTS = {v.name: v for v in [
             description="baseline + the whole image on both sides"),
     Variant("gem", embedder=RESNET, pooling="gem", dimension=0, int8=False, postprocess=BEFORE,
             description="whole + GeM pooling (p=3)"),
-    Variant("gem-256", embedder=RESNET, pooling="gem", dimension=256, power=0.5, int8=False, postprocess=BEFORE,
+    Variant("gem-256", embedder=RESNET, pooling="gem", dimension=256, projection="pca-whitening", int8=False,
+            postprocess=BEFORE,
             description="gem + 256-d PCA-whitening (power 0.5, fitted on mate-backgrounds crops)"),
-    Variant("gem-256-pca", embedder=RESNET, pooling="gem", dimension=256, power=0.0, int8=False, postprocess=BEFORE,
+    Variant("gem-256-pca", embedder=RESNET, pooling="gem", dimension=256, projection="pca", int8=False,
+            postprocess=BEFORE,
             description="gem + 256-d PCA projection without whitening (power 0)"),
     Variant("efficientnet", embedder="efficientnet-lite0", pooling="avg", dimension=0, int8=False, postprocess=BEFORE,
             description="EfficientNet-Lite0, average pooling, 1280-d, whole image"),
     Variant("efficientnet-gem", embedder="efficientnet-lite0", pooling="gem", dimension=0, int8=False,
             postprocess=BEFORE, description="EfficientNet-Lite0, GeM pooling (p=3), 1280-d, whole image"),
-    Variant("efficientnet-gem-256", embedder="efficientnet-lite0", pooling="gem", dimension=256, power=0.0,
+    Variant("efficientnet-gem-256", embedder="efficientnet-lite0", pooling="gem", dimension=256, projection="pca",
             int8=False, postprocess=BEFORE, description="EfficientNet-Lite0, GeM, 256-d PCA projection (power 0)"),
-    Variant("efficientnet-256", embedder="efficientnet-lite0", pooling="avg", dimension=256, power=0.0,
+    Variant("efficientnet-256", embedder="efficientnet-lite0", pooling="avg", dimension=256, projection="pca",
             int8=False, postprocess=BEFORE, description="EfficientNet-Lite0, average pooling, 256-d PCA projection"),
     Variant("sscd", embedder="sscd", int8=False, postprocess=BEFORE,
             description="SSCD as published (int8 weights), 512-d, whole image; opt-in"),
@@ -106,6 +108,13 @@ VARIANTS = {v.name: v for v in [
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
                                    "detector and embedder)"),
+    Variant("shipped-256-learned", dimension=256, projection="learned",
+            description="shipped with a 256-d learned whitening (fitted on matching pairs made of mate-backgrounds "
+                        "photos; tools/models/whitening.py)"),
+    Variant("shipped-256-learned-float", dimension=256, projection="learned", int8=False,
+            description="shipped-256-learned, detector and embedder float (as GPU pods serve it)"),
+    Variant("shipped-256-pca", dimension=256, projection="pca",
+            description="shipped with a plain 256-d PCA projection of random mate-backgrounds crops"),
     Variant("int8-detector-only", float_embedder=True,
             description="shipped with the float embedder (INT8 detector only)"),
     Variant("threshold-0.05", postprocess={"score_threshold": "0.05"},
@@ -135,7 +144,7 @@ class Answer:
 
 def embedder_for(variant: Variant, cache: Path) -> Path:
     return build.builtin_model(variant.embedder, cache, pooling=variant.pooling, dimension=variant.dimension,
-                               power=variant.power)
+                               projection=variant.projection)
 
 
 def _ranking(matches) -> list[tuple[str, float]]:  # noqa: ANN001 - repeated visualsearch.v1.Match

