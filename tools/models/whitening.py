@@ -1,5 +1,5 @@
-"""A learned projection of a served embedder to fewer dimensions, baked into its graph so
-Triton returns short unit vectors.
+"""A learned linear projection of a served embedder's vectors (a whitening, to the same or fewer
+dimensions), baked into its graph so Triton returns the projected unit vectors.
 
 Fitted once per model on a reference set kept apart from every test and evaluation image: the
 calibration photos (Debian ``mate-backgrounds``). Methods:
