@@ -121,7 +121,7 @@ def _time_pipeline(pipeline: LocalPipeline, images: list[bytes]) -> dict[str, li
         found = imaging.objects_from_detections(raw, decoded.pixels, geometry, len(pipeline.classes),
                                                    s.detection, pipeline.crop_size)
         t3 = time.perf_counter()
-        pipeline.embed(found.crops)
+        pipeline.embed_found(found)
         t4 = time.perf_counter()
         for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
             stages[key].append(value * 1000)
@@ -443,8 +443,8 @@ def bench_quality(queries_per_photo: int, distractors: int) -> list[dict]:
         vectors, owners = [], []
         for pid, data in catalog:
             found = pipeline.detect(data)
-            vectors.append(pipeline.embed(found.crops))
-            owners += [pid] * len(found.crops)
+            vectors.append(pipeline.embed_found(found))
+            owners += [pid] * len(found.boxes)
         matrix, owners = np.concatenate(vectors), np.array(owners)
         for strength, (_, queries, _) in sets.items():
             at1 = at5 = 0

@@ -13,6 +13,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.triton_models import views
+
 # We enforce our own pixel budget before decoding; Pillow's global guard would raise a
 # warning-turned-error with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
@@ -136,12 +138,14 @@ class DetectionSettings:
     min_box_fraction: float = 0.0  # drop boxes smaller than this share of the photo
     max_box_fraction: float = 1.0  # drop boxes larger than this share (the whole photo is searched anyway)
     crop_margin: float = 0.0  # each side of an object's crop widened by this share of its box
+    whole_image_views: int = 1  # crops of the whole image whose embeddings are averaged (views.py)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> DetectionSettings:
         return cls(float(params["score_threshold"]), float(params["iou_threshold"]), int(params["max_objects"]),
                    params.get("class_agnostic_nms", "0") == "1", float(params.get("min_box_fraction", "0")),
-                   float(params.get("max_box_fraction", "1")), float(params.get("crop_margin", "0")))
+                   float(params.get("max_box_fraction", "1")), float(params.get("crop_margin", "0")),
+                   int(params.get("whole_image_views", "1")))
 
 
 def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
@@ -192,8 +196,14 @@ class Detections:
     boxes: np.ndarray  # Kx4 xyxy in original-image pixels
     scores: np.ndarray  # K
     class_ids: np.ndarray  # K, -1 for the whole-image fallback
-    crops: np.ndarray  # Kx3xSxS uint8 RGB, the embedder's input
+    crops: np.ndarray  # (K - 1 + views)x3xSxS uint8 RGB, the embedder's input: the objects, then the
+    # whole image's views (views.pool_views turns their embeddings into the whole image's one)
     fallback: bool  # nothing detected: the whole image (always the last row) is the only row
+
+    @property
+    def box_crops(self) -> np.ndarray:
+        """One crop per box: the objects' and the whole image's plain view (its first)."""
+        return self.crops[:len(self.boxes)]
 
 
 def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +220,8 @@ def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.nd
 
     The last row is always the whole image (class -1, score 0): every photo is also searched
     and stored as a whole, so a product is found even when the two photos' detections differ.
-    ``fallback`` says that it is the only row (nothing was detected)."""
+    ``fallback`` says that it is the only row (nothing was detected). The crops end with the
+    settings' ``whole_image_views`` views of the whole image instead of one."""
     ratio, pad_x, pad_y, scale_x, scale_y, width, height = geometry.tolist()
     h, w = pixels.shape[:2]
     # the photo's area in letterbox pixels, what the box shares are measured against
@@ -225,8 +236,9 @@ def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.nd
     classes = np.concatenate([classes, np.full((1,), -1, np.int32)])
     original = work * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
     original = np.clip(original, 0, [width, height, width, height]).astype(np.float32)
-    return Detections(original, scores.astype(np.float32), classes.astype(np.int32),
-                      crop_resize(pixels, widened(work, settings.crop_margin, w, h), crop_size), fallback)
+    crops = np.concatenate([crop_resize(pixels, widened(work[:-1], settings.crop_margin, w, h), crop_size),
+                            views.whole_image_views(pixels, crop_size, settings.whole_image_views)])
+    return Detections(original, scores.astype(np.float32), classes.astype(np.int32), crops, fallback)
 
 
 def widened(boxes: np.ndarray, margin: float, width: float, height: float) -> np.ndarray:

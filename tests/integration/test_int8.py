@@ -44,7 +44,7 @@ def test_int8_embeddings_stay_close_to_float(pipelines, photos):
     # boxes below VS_CONFIDENT_DETECTION_SCORE are often slivers of background
     confident = Settings.from_env({}).confident_detection_score
     found = [floating.detect(encode(photos[name].pixels)) for name in LABELLED]
-    crops = np.concatenate([f.crops[(f.scores >= confident) | (f.class_ids < 0)] for f in found])
+    crops = np.concatenate([f.box_crops[(f.scores >= confident) | (f.class_ids < 0)] for f in found])
     cosine = (floating.embed(crops) * int8.embed(crops)).sum(axis=1)
     # most crops keep their vector; a few unusual ones move more with EfficientNet-Lite0 (its
     # depthwise layers quantize less evenly than ResNet-50's). What that costs in recall, on

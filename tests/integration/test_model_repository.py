@@ -16,7 +16,7 @@ from tools.models import manifest as mf
 from tools.models import repository
 from tools.models.build import BUILTIN, custom_model, resolve
 
-PIPELINE_MODELS = {"preprocess", "detector", "postprocess", "embedder", "region_crop", "model_info",
+PIPELINE_MODELS = {"preprocess", "detector", "postprocess", "embedder", "pool_views", "region_crop", "model_info",
                    tc.DETECT_ENSEMBLE, tc.REGION_ENSEMBLE}
 
 
@@ -74,7 +74,8 @@ def test_every_batching_model_has_dynamic_batching_and_room_for_all_crops():
             if cfg.max_batch_size > 0:
                 assert cfg.HasField("dynamic_batching"), (variant, name)
         max_objects = int(repository.parameter(cfgs["postprocess"], "max_objects"))
-        assert cfgs["embedder"].max_batch_size >= max_objects + 1  # every object and the whole image
+        views = int(repository.parameter(cfgs["postprocess"], "whole_image_views"))
+        assert cfgs["embedder"].max_batch_size >= max_objects + views  # every object and the whole image's views
 
 
 def test_ensemble_steps_reference_real_tensors_and_the_client_contract():

@@ -65,6 +65,10 @@ RESNET = "resnet50-opennsfw"
 # Detection as it was before the evaluation (YOLO score >= 0.25, NMS per class).
 BEFORE = {"score_threshold": "0.25", "class_agnostic_nms": "0"}
 LOW = {"score_threshold": "0.05", "class_agnostic_nms": "1"}
+# The postprocess settings before the whole image became the mean of 4 views and the detector
+# threshold went from 0.01 (at most 16 objects) to 0.002 (at most 28): the variants measured
+# then are pinned to them.
+ONE_VIEW = {"score_threshold": "0.01", "max_objects": "16", "whole_image_views": "1"}
 
 # Every variant but `shipped*` states its settings, so its figures stay comparable when the
 # shipped choices change. Model comparisons run in float (the CPU configs told not to use
@@ -108,39 +112,42 @@ VARIANTS = {v.name: v for v in [
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
                                    "detector and embedder)"),
-    Variant("shipped-1280", dimension=0,
+    Variant("shipped-one-view", postprocess={"whole_image_views": "1"},
+            description="shipped with the whole image embedded as one view (no mean of views)"),
+    Variant("shipped-0.01", postprocess={"score_threshold": "0.01", "max_objects": "16"},
+            description="shipped with detection score >= 0.01 and at most 16 objects"),
+    Variant("shipped-1280", dimension=0, postprocess=ONE_VIEW,
             description="shipped with the embedder's raw 1280-d features (no whitening: the default before "
                         "learned whitening), INT8"),
-    Variant("shipped-1280-float", dimension=0, int8=False,
+    Variant("shipped-1280-float", dimension=0, int8=False, postprocess=ONE_VIEW,
             description="shipped-1280, detector and embedder float"),
     Variant("shipped-256-learned", dimension=256, projection="learned",
             description="shipped with a 256-d learned whitening (fitted on matching pairs made of mate-backgrounds "
                         "photos; tools/models/whitening.py)"),
     Variant("shipped-256-learned-float", dimension=256, projection="learned", int8=False,
             description="shipped-256-learned, detector and embedder float (as GPU pods serve it)"),
-    Variant("shipped-1280-learned", dimension=1280, projection="learned",
-            description="shipped with learned whitening at the full 1280 dimensions (no reduction)"),
-    Variant("shipped-1280-learned-float", dimension=1280, projection="learned", int8=False,
-            description="shipped-1280-learned, detector and embedder float (as GPU pods serve it)"),
-    Variant("shipped-256-pca", dimension=256, projection="pca",
+    Variant("shipped-1280-learned", dimension=1280, projection="learned", postprocess=ONE_VIEW,
+            description="learned whitening at the full 1280 dimensions with detection score >= 0.01 (at most 16 "
+                        "objects) and the whole image as one view: the default before 2026-11-28 03:00 UTC"),
+    Variant("shipped-1280-learned-float", dimension=1280, projection="learned", int8=False, postprocess=ONE_VIEW,
+            description="shipped-1280-learned, detector and embedder float"),
+    Variant("shipped-256-pca", dimension=256, projection="pca", postprocess=ONE_VIEW,
             description="shipped with a plain 256-d PCA projection of random mate-backgrounds crops"),
-    Variant("int8-detector-only", float_embedder=True, dimension=0,
+    Variant("int8-detector-only", float_embedder=True, dimension=0, postprocess=ONE_VIEW,
             description="shipped-1280 with the float embedder (INT8 detector only)"),
-    Variant("threshold-0.05", postprocess={"score_threshold": "0.05"}, dimension=0,
+    Variant("threshold-0.05", postprocess={**ONE_VIEW, "score_threshold": "0.05"}, dimension=0,
             description="shipped-1280 with detection score >= 0.05 (the setting before VS_CONFIDENT_DETECTION_SCORE)"),
-    Variant("threshold-0.005", postprocess={"score_threshold": "0.005"}, dimension=0,
+    Variant("threshold-0.005", postprocess={**ONE_VIEW, "score_threshold": "0.005"}, dimension=0,
             description="shipped-1280 with detection score >= 0.005"),
-    Variant("crop-margin-0.1", postprocess={"crop_margin": "0.1"}, dimension=0,
+    Variant("crop-margin-0.1", postprocess={**ONE_VIEW, "crop_margin": "0.1"}, dimension=0,
             description="shipped-1280 with object crops widened by 10 % of the box on each side"),
-    Variant("crop-margin-0.2", postprocess={"crop_margin": "0.2"}, dimension=0,
+    Variant("crop-margin-0.2", postprocess={**ONE_VIEW, "crop_margin": "0.2"}, dimension=0,
             description="shipped-1280 with object crops widened by 20 % of the box on each side"),
     Variant("all-detections-listed", service_env={"VS_CONFIDENT_DETECTION_SCORE": "0"}, dimension=0,
+            postprocess=ONE_VIEW,
             description="shipped-1280, every detection stored for catalog images and merged into the product list"),
 ]}
-# Defined so their recorded rows can be rerun by name, but the same configuration as `shipped` /
-# `shipped-float` since learned whitening became the default: a full run would measure it twice.
-SAME_AS_SHIPPED = ("shipped-1280-learned", "shipped-1280-learned-float")
-DEFAULT_VARIANTS = [name for name in VARIANTS if name not in SAME_AS_SHIPPED]
+DEFAULT_VARIANTS = list(VARIANTS)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.triton_models import imaging
+from services.triton_models import imaging, views
 from tools.models import manifest as mf
 from tools.models.repository import CPU_CONFIG, INT8_NAME, REPOSITORY, PipelineSettings, installed
 
@@ -28,7 +28,7 @@ class PipelineResult:
 
 
 class LocalPipeline:
-    """decode -> letterbox -> YOLO -> NMS/crop -> embedder, in this process."""
+    """decode -> letterbox -> YOLO -> NMS/crop -> embedder -> pool views, in this process."""
 
     def __init__(self, detector: tuple[Path, dict], embedder: tuple[Path, dict],
                  settings: PipelineSettings | None = None, threads: int = 0) -> None:
@@ -72,7 +72,11 @@ class LocalPipeline:
         emb = self.embedder_manifest["serving"]
         return self.embedder.run([emb["output"]["name"]], {emb["input"]["name"]: crops})[0]
 
+    def embed_found(self, found: imaging.Detections) -> np.ndarray:
+        """One embedding per box, the whole image's pooled from its views (as pool_views does)."""
+        return views.pool_views(self.embed(found.crops), len(found.boxes))
+
     def detect_and_embed(self, data: bytes) -> PipelineResult:
         found = self.detect(data)
         return PipelineResult(found.boxes, found.scores, imaging.labels(found.class_ids, self.classes),
-                              self.embed(found.crops), found.fallback)
+                              self.embed_found(found), found.fallback)

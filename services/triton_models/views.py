@@ -1,0 +1,70 @@
+"""The whole-image vector as the mean of a few views of the photo.
+
+A catalog photo is clean: sharp, upright, large. A shopper's photo of the same product is
+tilted, small and soft. The mean embedding of the photo as it is, turned a little both ways
+and seen at low resolution lies closer to every such shot than the clean photo alone, and
+costs one stored vector all the same. Both sides get it (catalog and query whole images go
+through the same ensemble), so the two stay comparable. Object crops stay single views: a
+query has up to ``max_objects`` of them and each view costs one more embedder run.
+
+Imported by the ``postprocess`` model (which makes the views), the ``pool_views`` model
+(which averages their embeddings) and the in-process pipeline. Needs only numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# In order: the photo, turned 15 degrees each way, then at low resolution. ``whole_image_views``
+# takes the first N.
+TURN_DEGREES = 15.0
+LOW_RESOLUTION = 0.5  # of the embedder's input side: the object as a distant, small shot shows it
+MAX_VIEWS = 4
+
+
+def _turned(img: Image.Image, degrees: float) -> Image.Image:
+    # The corners that turning uncovers take the photo's border colour: a studio background
+    # stays plain instead of gaining black triangles.
+    pixels = np.asarray(img)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    return img.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
+
+
+def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
+    """``count`` (1..MAX_VIEWS) views of the whole HxWx3 photo, each resized to ``size``;
+    NCHW uint8, the first being the plain whole-image crop."""
+    if not 1 <= count <= MAX_VIEWS:
+        raise ValueError(f"whole-image views must be 1..{MAX_VIEWS}, got {count}")
+    img = Image.fromarray(pixels)
+    views = [img]
+    if count > 1:
+        views.append(_turned(img, TURN_DEGREES))
+    if count > 2:
+        views.append(_turned(img, -TURN_DEGREES))
+    if count > 3:
+        side = max(8, round(size * LOW_RESOLUTION))
+        scale = side / max(img.size)
+        if scale < 1:
+            views.append(img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                    Image.Resampling.BILINEAR))
+        else:
+            views.append(img)
+    out = np.empty((count, 3, size, size), np.uint8)
+    for i, view in enumerate(views):
+        out[i] = np.asarray(view.resize((size, size), Image.Resampling.BILINEAR), np.uint8).transpose(2, 0, 1)
+    return out
+
+
+def pool_views(embeddings: np.ndarray, objects: int) -> np.ndarray:
+    """Embeddings of ``objects`` rows (the detected objects, then the whole image) from the
+    embedder's rows (the objects, then every view of the whole image): the views' mean,
+    L2-normalised, replaces them."""
+    if not 1 <= objects <= len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings cannot hold {objects} objects")
+    views = embeddings[objects - 1:].astype(np.float32)
+    whole = views.mean(axis=0)
+    norm = float(np.linalg.norm(whole))
+    whole = whole / norm if norm > 0 else whole
+    return np.concatenate([embeddings[:objects - 1].astype(np.float32), whole[None]])
