@@ -90,11 +90,13 @@ class VisibleWrites(Coalescer[dict[str, set[str]], None]):
 
 def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True,
                 min_detection_score: float = 0.0) -> str:
-    """What decides an image's rows: its bytes, embed mode and region, both models, whether
-    the whole image is stored besides its objects, and the least score of a stored object."""
+    """What decides an image's rows: its bytes, embed mode and region, both models and the
+    image pipeline's settings, whether the whole image is stored besides its objects, and the
+    least score of a stored object."""
     digest = hashlib.sha256()
     region = image.region
-    digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{image.mode}:{region.x_min}:{region.y_min}:"
+    digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{models.pipeline}:{image.mode}:"
+                  f"{region.x_min}:{region.y_min}:"
                   f"{region.x_max}:{region.y_max}:{store_whole_image}:{min_detection_score:g}:".encode())
     digest.update(image.content)
     return digest.hexdigest()

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # IMAGE [1,1] -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK; the last row is the whole image
 DETECT_ENSEMBLE = "detect_and_embed"
 REGION_ENSEMBLE = "embed_region"  # IMAGE [1] + REGION [4] -> EMBEDDINGS [1,D], BOXES [1,4]
-MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER: the served models' manifests as JSON
+MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER: the served models' manifests as JSON; PIPELINE
 # Tensors.
 IMAGE, REGION = "IMAGE", "REGION"
 BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK = "BOXES", "SCORES", "LABELS", "EMBEDDINGS", "FALLBACK"
@@ -80,6 +80,7 @@ class ModelVersions:
     embedder: str
     embedder_sha256: str
     dimension: int
+    pipeline: str = ""  # fingerprint of the image pipeline's settings (model_info's PIPELINE)
 
 
 def detect_request(image: bytes) -> tuple[str, list[InferInput]]:
@@ -113,7 +114,8 @@ def model_versions_from(result: InferResult) -> ModelVersions:
     detector = json.loads(result.as_numpy("DETECTOR")[0])
     embedder = json.loads(result.as_numpy("EMBEDDER")[0])
     return ModelVersions(detector["name"], detector["serving"]["onnx_sha256"], embedder["name"],
-                         embedder["serving"]["onnx_sha256"], int(embedder["serving"]["output"]["shape"][-1]))
+                         embedder["serving"]["onnx_sha256"], int(embedder["serving"]["output"]["shape"][-1]),
+                         result.as_numpy("PIPELINE")[0].decode())
 
 
 def map_error(exc: InferenceServerException, url: str) -> ServiceError:

@@ -1,9 +1,12 @@
-"""What a Python-backend model reads from ``initialize(args)``: its config parameters and the
-manifests of the served models that ``make models`` installs next to them."""
+"""What a Python-backend model reads from ``initialize(args)``: its config parameters, the
+manifests of the served models that ``make models`` installs next to them, and the other
+models' configs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +17,13 @@ def config_parameters(args: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
 
-def manifest_path(args: dict, parameter: str) -> Path:
-    """A manifest named by a parameter, relative to this model's folder (e.g. ../detector/manifest.json)."""
+def parameter_path(args: dict, parameter: str) -> Path:
+    """A file named by a parameter, relative to this model's folder (e.g. ../detector/manifest.json)."""
     return (Path(args["model_repository"]) / config_parameters(args)[parameter]).resolve()
 
 
 def read_manifest(args: dict, parameter: str) -> dict[str, Any]:
-    path = manifest_path(args, parameter)
+    path = parameter_path(args, parameter)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make models` to install the served models")
     return json.loads(path.read_text())
@@ -29,3 +32,16 @@ def read_manifest(args: dict, parameter: str) -> dict[str, Any]:
 def input_size(manifest: dict[str, Any]) -> int:
     """The square input side of a served detector or embedder ([3, S, S])."""
     return int(manifest["serving"]["input"]["shape"][1])
+
+
+_PARAMETER = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
+
+
+def pipeline_fingerprint(config_paths: list[Path]) -> str:
+    """sha256 of the parameters (not the comments) of the configs that shape what is embedded:
+    an image whose rows were made under other settings is embedded again on its next import."""
+    digest = hashlib.sha256()
+    for path in config_paths:
+        parameters = sorted(_PARAMETER.findall(path.read_text()))
+        digest.update(json.dumps([path.parent.name, parameters]).encode())
+    return digest.hexdigest()

@@ -9,6 +9,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from services.search import triton_client as tc
+from services.triton_models.model_args import pipeline_fingerprint
 from tests.conftest import REPOSITORY, free_port
 from tests.integration.triton_calls import detect_and_embed, embed_region
 from tools.models.local_pipeline import LocalPipeline
@@ -95,6 +97,21 @@ def test_ensemble_equals_in_process_onnxruntime(results, photos):
         np.testing.assert_allclose(got["SCORES"], expected.scores, atol=1e-3)
         np.testing.assert_allclose(got["EMBEDDINGS"], expected.embeddings, atol=2e-4)
         assert bool(got["FALLBACK"][0]) == expected.fallback
+
+
+def test_the_whole_photo_is_the_mean_of_its_views(client, photos, results):
+    # a region covering the whole photo embeds its one plain view: close to, not equal to, the mean
+    for name in ("coffee", "cat"):
+        plain = embed_region(client, encode(photos[name].pixels), [0, 0, 0, 0])["EMBEDDINGS"][0]
+        pooled = results[name]["EMBEDDINGS"][-1]
+        np.testing.assert_allclose(np.linalg.norm(pooled), 1.0, atol=1e-4)
+        assert 0.7 < float(plain @ pooled) < 0.995, name
+
+
+def test_model_info_reports_the_pipeline_settings_it_serves(client):
+    versions = tc.model_versions_from(client.infer(tc.MODEL_INFO, []))
+    configs = [REPOSITORY / name / "config.pbtxt" for name in ("preprocess", "postprocess")]
+    assert versions.pipeline == pipeline_fingerprint(configs)
 
 
 def test_the_whole_photo_is_always_the_last_row(results, photos):

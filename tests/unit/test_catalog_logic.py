@@ -222,7 +222,7 @@ def test_tentative_detections_of_a_catalog_image_are_not_stored(catalog, fake_tr
     assert [fake_store.rows[k]["label"] for k in sorted(fake_store.rows)] == ["cup", "image", "image"]
 
 
-def test_content_keys_change_with_bytes_mode_region_either_model_and_the_stored_objects():
+def test_content_keys_change_with_bytes_mode_region_either_model_the_pipeline_and_the_stored_objects():
     from services.search.catalog import content_key
     from tests.unit.fakes import MODELS
 
@@ -234,9 +234,10 @@ def test_content_keys_change_with_bytes_mode_region_either_model_and_the_stored_
                                         region=pb.BoundingBox(x_max=5, y_max=5)), MODELS),
             content_key(image, dataclasses.replace(MODELS, embedder_sha256="f" * 64)),
             content_key(image, dataclasses.replace(MODELS, detector_sha256="c" * 64)),
+            content_key(image, dataclasses.replace(MODELS, pipeline="other settings")),
             content_key(image, MODELS, store_whole_image=False),
             content_key(image, MODELS, min_detection_score=0.05)}
-    assert len(keys) == 8
+    assert len(keys) == 9
     assert content_key(pb.ProductImage(image_id="other id", content=b"jpeg"), MODELS) == content_key(image, MODELS)
 
 

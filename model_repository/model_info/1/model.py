@@ -1,6 +1,7 @@
-"""Triton Python model: the served detector's and embedder's manifests as JSON strings.
+"""Triton Python model: the served detector's and embedder's manifests as JSON strings, and
+the fingerprint of the image pipeline's settings (preprocess and postprocess parameters).
 
-Read once at load, so they describe the files Triton actually serves.
+Read once at load, so they describe the files and settings Triton actually serves.
 """
 
 import json
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.triton_models.model_args import read_manifest
+from services.triton_models.model_args import parameter_path, pipeline_fingerprint, read_manifest
 
 
 class TritonPythonModel:
@@ -16,6 +17,8 @@ class TritonPythonModel:
         self.outputs = {name: np.array([json.dumps(read_manifest(args, f"{name.lower()}_manifest")).encode()],
                                        dtype=np.object_)
                         for name in ("DETECTOR", "EMBEDDER")}
+        configs = [parameter_path(args, "preprocess_config"), parameter_path(args, "postprocess_config")]
+        self.outputs["PIPELINE"] = np.array([pipeline_fingerprint(configs).encode()], dtype=np.object_)
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in self.outputs.items()])

@@ -1,0 +1,23 @@
+"""Unit tests of what the Python-backend models read at load (services/triton_models/model_args.py)."""
+
+from __future__ import annotations
+
+from services.triton_models.model_args import pipeline_fingerprint
+
+
+def test_the_pipeline_fingerprint_follows_parameters_not_comments(tmp_path):
+    config = tmp_path / "postprocess" / "config.pbtxt"
+    config.parent.mkdir()
+
+    def fingerprint(text: str) -> str:
+        config.write_text(text)
+        return pipeline_fingerprint([config])
+
+    shipped = fingerprint('# views\nparameters { key: "whole_image_views" value { string_value: "4" } }\n'
+                          'parameters { key: "max_objects" value { string_value: "28" } }\n')
+    # text_format's layout (eval copies of the repository), other comments, another order: same settings
+    reordered = ('parameters {\n  key: "max_objects"\n  value {\n    string_value: "28"\n  }\n}\n'
+                 '# other words\nparameters { key: "whole_image_views" value { string_value: "4" } }\n')
+    assert fingerprint(reordered) == shipped
+    assert fingerprint('parameters { key: "whole_image_views" value { string_value: "1" } }\n'
+                       'parameters { key: "max_objects" value { string_value: "28" } }\n') != shipped
