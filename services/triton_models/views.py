@@ -32,6 +32,16 @@ def _turned(img: Image.Image, degrees: float) -> Image.Image:
     return img.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
 
 
+def _shrunk(img: Image.Image, side: int) -> Image.Image:
+    """The image with its long side at most ``side``."""
+    scale = side / max(img.size)
+    if scale >= 1:
+        return img
+    # reducing_gap: box-filter most of the way first (several times faster on a large photo)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                      Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
     """``count`` (1..MAX_VIEWS) views of the whole HxWx3 photo, each resized to ``size``;
     NCHW uint8, the first being the plain whole-image crop."""
@@ -39,18 +49,15 @@ def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
         raise ValueError(f"whole-image views must be 1..{MAX_VIEWS}, got {count}")
     img = Image.fromarray(pixels)
     views = [img]
+    # The other views are made from a copy at twice the input side: turning a 12 MP photo costs
+    # tens of milliseconds, and the view is shrunk to ``size`` anyway.
+    work = _shrunk(img, 2 * size)
     if count > 1:
-        views.append(_turned(img, TURN_DEGREES))
+        views.append(_turned(work, TURN_DEGREES))
     if count > 2:
-        views.append(_turned(img, -TURN_DEGREES))
+        views.append(_turned(work, -TURN_DEGREES))
     if count > 3:
-        side = max(8, round(size * LOW_RESOLUTION))
-        scale = side / max(img.size)
-        if scale < 1:
-            views.append(img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                    Image.Resampling.BILINEAR))
-        else:
-            views.append(img)
+        views.append(_shrunk(work, max(8, round(size * LOW_RESOLUTION))))
     out = np.empty((count, 3, size, size), np.uint8)
     for i, view in enumerate(views):
         out[i] = np.asarray(view.resize((size, size), Image.Resampling.BILINEAR), np.uint8).transpose(2, 0, 1)
