@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
-from services.triton_models import imaging
+from services.triton_models import imaging, views
 from tests.conftest import BUILD, free_port, require
 from tests.integration.triton_calls import detect_and_embed
 from tools.models import manifest as mf
@@ -36,10 +36,11 @@ def test_the_published_file_is_served_unchanged_and_returns_its_own_vectors(sscd
     vectors = out["EMBEDDINGS"]
     assert vectors.shape[1] == 512
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
-    # the whole image (last row), computed by the published file itself on the same crop
+    # the whole image (last row): the mean of its views, computed by the published file itself
     settings = PipelineSettings.from_repository()
     decoded = imaging.decode(data, settings.max_pixels, settings.work_side)
-    crop, _ = imaging.region_crop(decoded, np.zeros(4), manifest["serving"]["input"]["shape"][1])
+    crops = views.whole_image_views(decoded.pixels, manifest["serving"]["input"]["shape"][1],
+                                    settings.detection.whole_image_views)
     session = ort.InferenceSession(str(SSCD / mf.MODEL_NAME), providers=["CPUExecutionProvider"])
-    expected = session.run(["embedding"], {"image": crop.transpose(0, 2, 3, 1)})[0][0]
+    expected = views.pool_views(session.run(["embedding"], {"image": crops.transpose(0, 2, 3, 1)})[0], 1)[0]
     assert float(vectors[-1] @ expected) > 0.999
