@@ -23,15 +23,6 @@ LOW_RESOLUTION = 0.5  # of the embedder's input side: the object as a distant, s
 MAX_VIEWS = 4
 
 
-def _turned(img: Image.Image, degrees: float) -> Image.Image:
-    # The corners that turning uncovers take the photo's border colour: a studio background
-    # stays plain instead of gaining black triangles.
-    pixels = np.asarray(img)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    fill = tuple(int(v) for v in np.median(border, axis=0))
-    return img.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
-
-
 def _shrunk(img: Image.Image, side: int) -> Image.Image:
     """The image with its long side at most ``side``."""
     scale = side / max(img.size)
@@ -49,13 +40,17 @@ def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
         raise ValueError(f"whole-image views must be 1..{MAX_VIEWS}, got {count}")
     img = Image.fromarray(pixels)
     views = [img]
-    # The other views are made from a copy at twice the input side: turning a 12 MP photo costs
-    # tens of milliseconds, and the view is shrunk to ``size`` anyway.
-    work = _shrunk(img, 2 * size)
     if count > 1:
-        views.append(_turned(work, TURN_DEGREES))
-    if count > 2:
-        views.append(_turned(work, -TURN_DEGREES))
+        # The other views are made from a copy at twice the input side: turning a 12 MP photo
+        # costs tens of milliseconds, and the view is shrunk to ``size`` anyway.
+        work = _shrunk(img, 2 * size)
+        # The corners that turning uncovers take the photo's border colour: a studio background
+        # stays plain instead of gaining black triangles.
+        small = np.asarray(work)
+        border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+        fill = tuple(int(v) for v in np.median(border, axis=0))
+        for degrees in (TURN_DEGREES, -TURN_DEGREES)[:count - 1]:
+            views.append(work.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=fill))
     if count > 3:
         views.append(_shrunk(work, max(8, round(size * LOW_RESOLUTION))))
     out = np.empty((count, 3, size, size), np.uint8)
