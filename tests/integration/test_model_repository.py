@@ -128,6 +128,7 @@ def test_served_manifests_record_source_licence_and_shapes(name):
             if BUILTIN[name].projection == "learned":  # pairs: a covariance of their differences, shrunk
                 assert data["projection"]["method"] == "learned-whitening"
                 assert reference["pairs"] >= 2 * BUILTIN[name].dimension
+                assert reference["kinds"] == ["regions", "cut-outs"]
             else:
                 assert data["projection"]["method"] == BUILTIN[name].projection
                 assert reference["crops"] >= 10 * BUILTIN[name].dimension

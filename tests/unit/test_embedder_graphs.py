@@ -132,6 +132,29 @@ def test_reference_pairs_frame_one_region_as_a_catalog_shot_and_as_a_shopper_pho
     assert (positives.reshape(5, -1).mean(1) < 150).all()
 
 
+def test_cutout_pairs_show_a_cutout_on_a_studio_background_and_inside_another_photo(tmp_path):
+    from PIL import Image
+
+    # the cut-outs come from a red photo, the scenes are a blue one (and the red one)
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (400, 300), (200, 20, 20)).save(red)
+    Image.new("RGB", (400, 300), (20, 20, 200)).save(blue)
+    anchors, positives = whitening.cutout_pairs([red, blue], 64, per_photo=6, seed=3)
+    assert anchors.shape == positives.shape == (12, 3, 64, 64)
+    first = slice(0, 6)  # cut out of the red photo
+    # catalog side: light plain corners (the blob does not reach them), red in the middle
+    assert (anchors[first, :, 0, 0] >= 225).all()
+    assert (anchors[first, 0, 32, 32] > 150).all() and (anchors[first, 2, 32, 32] < 80).all()
+    # shopper side: the red cut-out sits in the blue photo, so its crop holds both colours
+    red_share = ((positives[first, 0] > 120) & (positives[first, 2] < 100)).mean(axis=(1, 2))
+    blue_share = ((positives[first, 2] > 120) & (positives[first, 0] < 100)).mean(axis=(1, 2))
+    assert (red_share > 0.2).all() and (blue_share > 0.02).all(), (red_share, blue_share)
+    again = whitening.cutout_pairs([red, blue], 64, per_photo=6, seed=3)
+    np.testing.assert_array_equal(again[1], positives)
+    with pytest.raises(ValueError, match="two photos"):
+        whitening.cutout_pairs([red], 64)
+
+
 def test_a_model_whose_licence_forbids_changes_is_served_byte_for_byte(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -112,24 +112,30 @@ VARIANTS = {v.name: v for v in [
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
                                    "detector and embedder)"),
-    Variant("shipped-one-view", postprocess={"whole_image_views": "1"},
-            description="shipped with the whole image embedded as one view (no mean of views)"),
-    Variant("shipped-0.01", postprocess={"score_threshold": "0.01", "max_objects": "16"},
-            description="shipped with detection score >= 0.01 and at most 16 objects"),
+    Variant("shipped-one-view", postprocess={"whole_image_views": "1"}, dimension=1280, projection="learned-regions",
+            description="shipped-learned-regions with the whole image embedded as one view (no mean of views)"),
+    Variant("shipped-0.01", postprocess={"score_threshold": "0.01", "max_objects": "16"}, dimension=1280,
+            projection="learned-regions",
+            description="shipped-learned-regions with detection score >= 0.01 and at most 16 objects"),
     Variant("shipped-1280", dimension=0, postprocess=ONE_VIEW,
             description="shipped with the embedder's raw 1280-d features (no whitening: the default before "
                         "learned whitening), INT8"),
     Variant("shipped-1280-float", dimension=0, int8=False, postprocess=ONE_VIEW,
             description="shipped-1280, detector and embedder float"),
     Variant("shipped-256-learned", dimension=256, projection="learned",
-            description="shipped with a 256-d learned whitening (fitted on matching pairs made of mate-backgrounds "
-                        "photos; tools/models/whitening.py)"),
+            description="shipped with a 256-d learned whitening (fitted on matching pairs, regions and cut-outs, "
+                        "made of mate-backgrounds photos; tools/models/whitening.py)"),
     Variant("shipped-256-learned-float", dimension=256, projection="learned", int8=False,
             description="shipped-256-learned, detector and embedder float (as GPU pods serve it)"),
-    Variant("shipped-1280-learned", dimension=1280, projection="learned", postprocess=ONE_VIEW,
-            description="learned whitening at the full 1280 dimensions with detection score >= 0.01 (at most 16 "
-                        "objects) and the whole image as one view: the default before 2026-11-28 03:00 UTC"),
-    Variant("shipped-1280-learned-float", dimension=1280, projection="learned", int8=False, postprocess=ONE_VIEW,
+    Variant("shipped-learned-regions", dimension=1280, projection="learned-regions",
+            description="shipped with the whitening fitted on region pairs only (no cut-out pairs): the default "
+                        "before 2026-11-28 08:00 UTC"),
+    Variant("shipped-1280-learned", dimension=1280, projection="learned-regions", postprocess=ONE_VIEW,
+            description="learned whitening (region pairs) at the full 1280 dimensions with detection score "
+                        ">= 0.01 (at most 16 objects) and the whole image as one view: the default before "
+                        "2026-11-28 03:00 UTC"),
+    Variant("shipped-1280-learned-float", dimension=1280, projection="learned-regions", int8=False,
+            postprocess=ONE_VIEW,
             description="shipped-1280-learned, detector and embedder float"),
     Variant("shipped-256-pca", dimension=256, projection="pca", postprocess=ONE_VIEW,
             description="shipped with a plain 256-d PCA projection of random mate-backgrounds crops"),
