@@ -210,12 +210,15 @@ def test_learned_whitening_tells_two_shots_of_one_thing_from_other_things(tmp_pa
         assert manifest["serving"]["output"]["shape"] == [dimension]
         assert manifest["projection"]["method"] == "learned-whitening"
     assert "projection" not in mf.load(raw)
-    # pairs as the fit makes them, from scikit-image's photos (not the mate-backgrounds ones)
+    # pairs of both kinds the fit uses, from scikit-image's photos (not the mate-backgrounds ones);
+    # 360 of them: with 60 the three models differed by a pair or two, within chance
     paths = []
     for name in ("coffee", "astronaut", "rocket"):
         paths.append(tmp_path / f"{name}.png")
         Image.fromarray(load_photos()[name].pixels).save(paths[-1])
-    anchors, positives = whitening.reference_pairs(paths, 224, per_photo=20, seed=99)
+    regions = whitening.reference_pairs(paths, 224, per_photo=60, seed=99)
+    cutouts = whitening.cutout_pairs(paths, 224, per_photo=60, seed=99)
+    anchors, positives = (np.concatenate([regions[i], cutouts[i]]) for i in (0, 1))
 
     def matched(served: Path) -> float:
         a, p = whitening.embed(served / mf.MODEL_NAME, anchors), whitening.embed(served / mf.MODEL_NAME, positives)
