@@ -216,9 +216,7 @@ def test_learned_whitening_tells_two_shots_of_one_thing_from_other_things(tmp_pa
     for name in ("coffee", "astronaut", "rocket"):
         paths.append(tmp_path / f"{name}.png")
         Image.fromarray(load_photos()[name].pixels).save(paths[-1])
-    regions = whitening.reference_pairs(paths, 224, per_photo=60, seed=99)
-    cutouts = whitening.cutout_pairs(paths, 224, per_photo=60, seed=99)
-    anchors, positives = (np.concatenate([regions[i], cutouts[i]]) for i in (0, 1))
+    anchors, positives = whitening.training_pairs(paths, 224, regions_per_photo=60, cutouts_per_photo=60, seed=99)
 
     def matched(served: Path) -> float:
         a, p = whitening.embed(served / mf.MODEL_NAME, anchors), whitening.embed(served / mf.MODEL_NAME, positives)

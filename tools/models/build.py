@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.paths import BUILD, ROOT
+from tools import debian
 from tools.cache import default_cache
 from tools.models import calibration, quantize, repository, whitening
 from tools.models import manifest as mf
@@ -231,7 +232,7 @@ def ensure_int8(served: Path, cache: Path) -> None:
         return
     try:
         photos = calibration.fetch(cache)
-    except calibration.CalibrationUnavailable as exc:
+    except debian.PackageUnavailable as exc:
         log.warning("no INT8 model for %s (CPU pods serve float): %s", manifest["name"], exc)
         return
     manifest["serving"]["int8"] = {**quantize.quantize(served, photos), "code": _int8_fingerprint()}

@@ -24,9 +24,6 @@ PHOTOS = "usr/share/backgrounds/mate/nature/*.jpg"
 EXTRA = "usr/share/backgrounds/mate/abstract/Elephants.jpg"
 
 
-CalibrationUnavailable = debian.PackageUnavailable
-
-
 def fetch(cache: Path) -> list[Path]:
     """The calibration photos, downloaded and unpacked into ``cache`` once."""
     root = debian.fetch(PACKAGE, cache)
@@ -34,15 +31,16 @@ def fetch(cache: Path) -> list[Path]:
     return [p for p in photos if p.is_file()]
 
 
-def _pixels(path: Path, side: int = 1344) -> np.ndarray:
+def opened(path: Path) -> Image.Image:
+    """A reference photo as RGB, its long side at most 1344 (what the service works on)."""
     img = Image.open(path).convert("RGB")
-    img.thumbnail((side, side))
-    return np.asarray(img)
+    img.thumbnail((1344, 1344))
+    return img
 
 
 def detector_inputs(photos: list[Path], size: int) -> list[np.ndarray]:
     """Letterboxed photos, as the preprocess model feeds the detector (1x3xSxS uint8)."""
-    return [imaging.letterbox(_pixels(p), size)[0][None] for p in photos]
+    return [imaging.letterbox(np.asarray(opened(p)), size)[0][None] for p in photos]
 
 
 def embedder_inputs(photos: list[Path], size: int, per_photo: int = 6, seed: int = 0) -> list[np.ndarray]:
@@ -50,7 +48,7 @@ def embedder_inputs(photos: list[Path], size: int, per_photo: int = 6, seed: int
     rng = np.random.default_rng(seed)
     batches = []
     for path in photos:
-        pixels = _pixels(path)
+        pixels = np.asarray(opened(path))
         h, w = pixels.shape[:2]
         for _ in range(per_photo):
             cw, ch = int(w * rng.uniform(0.15, 0.9)), int(h * rng.uniform(0.15, 0.9))

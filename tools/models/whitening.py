@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 METHODS = ("pca", "pca-whitening", "learned", "learned-regions")
 CROPS_PER_PHOTO = 240
 PAIRS_PER_PHOTO = 240
-# Cut-out pairs added +1.8 points of scene recall@1 at 1280-d and +3.5 at 256-d over the region
-# pairs alone (scratch replay of `make eval`'s scene queries with float vectors, not a repo
-# command; `make eval` measures the result). 480 a photo did as well as 720.
+# Cut-out pairs added +1.2 points of `make eval`'s scene recall@1 at 1280-d and +2.1 at 256-d
+# over the region pairs alone (INT8, docs/evaluation.md). 480 a photo did as well as 720 (scratch
+# replay of the scene queries with float vectors, not a repo command).
 CUTOUTS_PER_PHOTO = 480
 # How far the within-pair covariance is pulled towards a multiple of the identity: without it
 # the directions a few thousand pairs barely sample get huge weights. Picked with a scratch
@@ -72,7 +72,7 @@ def reference_pairs(photos: list[Path], size: int, per_photo: int = PAIRS_PER_PH
     rng = np.random.default_rng(seed)
     anchors, positives = [], []
     for path in photos:
-        img = _opened(path)
+        img = calibration.opened(path)
         w, h = img.size
         for _ in range(per_photo):
             cw, ch = int(w * rng.uniform(0.08, 0.5)), int(h * rng.uniform(0.08, 0.5))
@@ -132,7 +132,7 @@ def cutout_pairs(photos: list[Path], size: int, per_photo: int = CUTOUTS_PER_PHO
     if len(photos) < 2:
         raise ValueError("cut-out pairs need at least two photos (one gives the cut-out, another the scene)")
     rng = np.random.default_rng(seed)
-    images = [_opened(path) for path in photos]
+    images = [calibration.opened(path) for path in photos]
     anchors, positives = [], []
     for k, img in enumerate(images):
         w, h = img.size
@@ -147,16 +147,15 @@ def cutout_pairs(photos: list[Path], size: int, per_photo: int = CUTOUTS_PER_PHO
     return np.concatenate(anchors), np.concatenate(positives)
 
 
-def training_pairs(photos: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs the learned whitening is fitted on: regions and cut-outs."""
-    regions, cutouts = reference_pairs(photos, size), cutout_pairs(photos, size)
+def training_pairs(photos: list[Path], size: int, regions_per_photo: int = PAIRS_PER_PHOTO,
+                   cutouts_per_photo: int = CUTOUTS_PER_PHOTO,
+                   seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs the learned whitening is fitted on: regions and cut-outs (``seed`` None: each
+    kind's own default seed)."""
+    seeds = {} if seed is None else {"seed": seed}
+    regions = reference_pairs(photos, size, regions_per_photo, **seeds)
+    cutouts = cutout_pairs(photos, size, cutouts_per_photo, **seeds)
     return np.concatenate([regions[0], cutouts[0]]), np.concatenate([regions[1], cutouts[1]])
-
-
-def _opened(path: Path) -> Image.Image:
-    img = Image.open(path).convert("RGB")
-    img.thumbnail((1344, 1344))
-    return img
 
 
 def _blob(w: int, h: int, rng: np.random.Generator) -> Image.Image:
