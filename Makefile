@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write bench-scale eval
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write bench-scale eval eval-headroom
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -103,3 +103,8 @@ bench-tls: venv proto models
 EVAL_ARGS ?=
 eval: venv proto models
 	$(PY) -m tools.eval.run $(EVAL_ARGS)
+
+# What the scene queries could still gain with the shipped models (query- and catalog-side
+# additions, replayed in-process; docs/evaluation-headroom.md; about 5 minutes on 2 CPU cores).
+eval-headroom: venv proto models
+	$(PY) -m tools.eval.headroom

@@ -321,6 +321,9 @@ def write_markdown(path: Path, data: dict) -> None:
         "against the pasted object, else the whole-photo group); re-shots and second shots, whose "
         "object fills the photo, use the merged list. **list** = the response's merged product list.",
         "",
+        "What the scene queries could still gain with the shipped models: docs/evaluation-headroom.md "
+        "(`make eval-headroom`).",
+        "",
         "| variant | embedder | dim | pooling | whole image | INT8 | kind | R@1 object | R@5 object | "
         "MRR object | R@1 list | R@5 list | object detected | R@1 when detected | p50 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

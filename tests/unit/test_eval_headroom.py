@@ -1,0 +1,37 @@
+"""The headroom replay's own pieces: trimming a studio shot, the windows grid, per-product search."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tools.eval.headroom import CatalogRows, trimmed_box, windows
+
+
+def test_a_studio_shot_is_trimmed_to_its_object():
+    pixels = np.full((120, 200, 3), 240, np.uint8)
+    pixels[30:70, 50:90] = (200, 30, 30)  # the object
+    pixels[10, 10] = (236, 240, 243)  # JPEG-like noise on the background stays background
+    assert trimmed_box(pixels).tolist() == [50, 30, 90, 70]
+    assert trimmed_box(np.full((50, 50, 3), 240, np.uint8)) is None
+
+
+def test_windows_cover_the_photo_edge_to_edge_half_overlapping():
+    grid = windows(1000, 600)
+    side = 0.35 * 600
+    np.testing.assert_allclose(grid[:, 2] - grid[:, 0], side)
+    np.testing.assert_allclose(grid[:, 3] - grid[:, 1], side)
+    assert grid[:, 0].min() == 0 and grid[:, 1].min() == 0
+    np.testing.assert_allclose([grid[:, 2].max(), grid[:, 3].max()], [1000, 600])
+    xs = np.unique(grid[:, 0])
+    assert np.all(np.diff(xs) <= side * 0.5 + 1e-3)  # no gap and at least half overlapping
+    assert len(grid) == len(xs) * len(np.unique(grid[:, 1]))
+
+
+def test_a_product_scores_its_best_row_over_the_kinds_asked_for():
+    a, b, c = np.eye(3, dtype=np.float32)
+    rows = CatalogRows({"stored": (np.stack([a, b]), np.array([0, 1])), "extra": (c[None], np.array([0]))})
+    query = np.array([0.1, 0.2, 0.9], np.float32)
+    np.testing.assert_allclose(rows.search(("stored",), query, 2), [0.1, 0.2])
+    np.testing.assert_allclose(rows.search(("stored", "extra"), query, 2), [0.9, 0.2])
+    # several query vectors: the best of them
+    np.testing.assert_allclose(rows.search(("stored",), np.stack([query, b]), 2), [0.1, 1.0])
