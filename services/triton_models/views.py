@@ -33,6 +33,12 @@ def _shrunk(img: Image.Image, side: int) -> Image.Image:
                       Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
+def border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour of an HxWx3 photo's outermost pixels (a studio shot's background)."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.median(border, axis=0)
+
+
 def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
     """``count`` (1..MAX_VIEWS) views of the whole HxWx3 photo, each resized to ``size``;
     NCHW uint8, the first being the plain whole-image crop."""
@@ -46,9 +52,7 @@ def whole_image_views(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
         work = _shrunk(img, 2 * size)
         # The corners that turning uncovers take the photo's border colour: a studio background
         # stays plain instead of gaining black triangles.
-        small = np.asarray(work)
-        border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
-        fill = tuple(int(v) for v in np.median(border, axis=0))
+        fill = tuple(int(v) for v in border_colour(np.asarray(work)))
         for degrees in (TURN_DEGREES, -TURN_DEGREES)[:count - 1]:
             views.append(work.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=fill))
     if count > 3:

@@ -55,8 +55,7 @@ WINDOW_STRIDE = 0.5  # of the window's side
 def trimmed_box(pixels: np.ndarray) -> np.ndarray | None:
     """The xyxy box of what differs from the photo's border colour (a studio shot's object), or
     None when nearly nothing does."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
-    background = np.median(border, axis=0)
+    background = views.border_colour(pixels)
     ys, xs = np.nonzero(np.abs(pixels.astype(np.int16) - background).max(axis=2) > BACKGROUND_TOLERANCE)
     if len(xs) < 16:
         return None
@@ -115,8 +114,7 @@ def embed_catalog(pipe: LocalPipeline, evalset: dataset.EvalSet, index: dict[str
         pixels = imaging.decode(data, s.max_pixels, s.work_side).pixels
         box = trimmed_box(pixels)
         if box is not None:
-            border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-            fill = tuple(int(v) for v in np.median(border, axis=0))
+            fill = tuple(int(v) for v in views.border_colour(pixels))
             obj = Image.fromarray(pixels).crop(tuple(int(v) for v in box))
             shots = [obj, *(obj.rotate(d, Image.Resampling.BILINEAR, expand=True, fillcolor=fill) for d in TRIM_TURNS)]
             crops = np.stack([np.asarray(o.resize((pipe.crop_size,) * 2, Image.Resampling.BILINEAR)).transpose(2, 0, 1)
