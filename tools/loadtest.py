@@ -152,13 +152,16 @@ def plot(report: Report, out_dir: Path, title: str) -> list[Path]:
 
 def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float,
                 security: ClientSecurity = PLAINTEXT) -> Callable[[], Awaitable[None]]:
-    stubs: list[pb_grpc.VisualSearchStub] = []
+    stubs: dict[asyncio.AbstractEventLoop, pb_grpc.VisualSearchStub] = {}
 
     async def call() -> None:
-        if not stubs:  # an aio channel belongs to the loop that creates it: create it in the run's loop
-            channel = security.aio_channel(address)
-            stubs.append(pb_grpc.VisualSearchStub(channel))
-        await stubs[0].SearchByImage(request, timeout=timeout_s)
+        # an aio channel belongs to the loop that creates it: one per run's loop (a call reused
+        # by a second asyncio.run would otherwise hit "Event loop is closed")
+        loop = asyncio.get_running_loop()
+        if loop not in stubs:
+            stubs.clear()
+            stubs[loop] = pb_grpc.VisualSearchStub(security.aio_channel(address))
+        await stubs[loop].SearchByImage(request, timeout=timeout_s)
 
     return call
 

@@ -111,8 +111,8 @@ def drive(service, concurrency: int, stop: threading.Event, payload: Path, work:
 
     request = pb.SearchByImageRequest.FromString(payload.read_bytes())
     call = loadtest.search_call(service.address, request, 60)
-    while not stop.is_set():
-        asyncio.run(loadtest.run(call, concurrency, concurrency, None, None, 0))
+    while not stop.is_set():  # rounds of a few seconds, each keeping ``concurrency`` calls in flight
+        asyncio.run(loadtest.run(call, concurrency, None, 5.0, None, 0))
 
 
 def wait_for(prometheus: Prometheus, queries: dict[str, str], check, timeout_s: float) -> dict[str, float | None]:
