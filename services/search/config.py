@@ -132,8 +132,12 @@ class Settings:
                                        _flag)
     confident_detection_score: float = _setting(
         "VS_CONFIDENT_DETECTION_SCORE", 0.05,
-        "detections scoring below this are searched and returned as their own groups, but not stored for "
-        "catalog images nor merged into the response's product list (mostly background and parts)",
+        "detections of a catalog image scoring below this are not stored (mostly background and parts)",
+        float, lambda v: 0 <= v <= 1)
+    listed_detection_score: float = _setting(
+        "VS_LISTED_DETECTION_SCORE", 0.005,
+        "a query photo's detections scoring below this are searched and returned as their own groups, but "
+        "not merged into the response's product list (0: every group is merged)",
         float, lambda v: 0 <= v <= 1)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",

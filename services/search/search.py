@@ -48,7 +48,7 @@ class Search:
                        ) -> tuple[np.ndarray, list[SearchedObject], bool]:
         """Embeddings of what to search (the kept objects, then the whole photo unless the
         caller skips it) with their groups, and whether no object was kept. A detected object
-        joins the product list only from VS_CONFIDENT_DETECTION_SCORE; a region and the whole
+        joins the product list only from VS_LISTED_DETECTION_SCORE; a region and the whole
         photo always do."""
         if query.region is not None:
             embeddings, boxes = await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
@@ -59,8 +59,8 @@ class Search:
                             self.backends.triton.detect_and_embed(query.image, remaining()), remaining())
         keep = [i for i in range(len(found.labels)) if found.scores[i] >= query.min_detection_score]
         keep = sorted(keep, key=lambda i: -found.scores[i])[: query.max_objects or None]
-        confident = self.settings.confident_detection_score
-        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False, bool(found.scores[i] >= confident))
+        listed = self.settings.listed_detection_score
+        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False, bool(found.scores[i] >= listed))
                    for i in keep]
         vectors = [found.embeddings[i] for i in keep]
         if not keep or not query.skip_whole_image:
@@ -70,7 +70,7 @@ class Search:
 
     async def search(self, req: pb.SearchByImageRequest, remaining: Remaining) -> pb.SearchByImageResponse:
         """Every object's own matches, and one product list merged from the whole photo and the
-        confident objects: a low-scoring box (background, a part of something) still gets its
+        objects from VS_LISTED_DETECTION_SCORE: a fainter box (mostly background) still gets its
         group, but its chance matches do not push the photographed product down the list."""
         models = self.backends.ready()
         query = check_search(req, self.settings)

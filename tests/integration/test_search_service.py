@@ -114,17 +114,25 @@ def test_nothing_detected_searches_the_whole_image_and_says_so(service, catalog,
     assert top_product(response.objects[0]) == "rocket-001"
 
 
-def test_tentative_detections_get_their_groups_but_the_list_comes_from_the_whole_photo(service, catalog, photos):
-    confident = Settings.from_env({}).confident_detection_score
+def test_tentative_detections_get_their_groups_and_the_list_merges_those_from_the_listed_score(
+        service, catalog, photos):
+    defaults = Settings.from_env({})
     response = search(service, encode(photos["rocket"].pixels), top_k=3)
     tentative = [g for g in response.objects if not g.whole_image]
     # the rocket is no COCO class: the detector keeps only low-scoring boxes on this photo
-    assert tentative and all(g.detection_score < confident and g.matches for g in tentative)
+    assert tentative and all(g.detection_score < defaults.confident_detection_score and g.matches
+                             for g in tentative)
     assert not response.whole_image_searched
     whole = response.objects[-1]
     assert whole.whole_image and top_product(whole) == "rocket-001"
-    assert [(m.product_id, m.similarity) for m in response.products] == [
-        (m.product_id, m.similarity) for m in whole.matches]
+    # the list: each product once at its best match over the whole photo and the listed groups
+    best: dict[str, float] = {}
+    for group in response.objects:
+        if group.whole_image or group.detection_score >= defaults.listed_detection_score:
+            for m in group.matches:
+                best[m.product_id] = max(best.get(m.product_id, -1.0), m.similarity)
+    expected = sorted(best.items(), key=lambda item: -item[1])[:3]
+    assert [(m.product_id, m.similarity) for m in response.products] == expected
 
 
 def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, photos):

@@ -9,6 +9,7 @@ import pytest
 
 from services.api import pb
 from services.search.backends import Backends
+from services.search.config import Settings
 from services.search.errors import BackendUnavailable, InvalidInput
 from services.search.search import Search
 from tests.unit.conftest import no_deadline
@@ -108,9 +109,9 @@ def test_one_merged_list_ranks_each_product_once_across_groups(search, fake_trit
     assert all(m.similarity == best[m.product_id] for m in response.products)
 
 
-def test_a_tentative_detection_keeps_its_group_but_stays_out_of_the_merged_list(search, fake_triton, stocked):
-    # 0.02 is under VS_CONFIDENT_DETECTION_SCORE (0.05): a background bit that matches C exactly
-    fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0, 0)), ("cat", 0.02, GREEN),
+def test_a_faint_detection_keeps_its_group_but_stays_out_of_the_merged_list(search, fake_triton, stocked):
+    # 0.003 is under VS_LISTED_DETECTION_SCORE (0.005): a background bit that matches C exactly
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0, 0)), ("cat", 0.003, GREEN),
                                                whole=BLUE)
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1), no_deadline))
     assert [g.label for g in response.objects] == ["cup", "cat", "image"]
@@ -120,8 +121,21 @@ def test_a_tentative_detection_keeps_its_group_but_stays_out_of_the_merged_list(
     assert [m.product_id for m in response.products] == ["A"]
 
 
-def test_with_only_tentative_detections_the_merged_list_takes_every_group(search, fake_triton, stocked):
-    fake_triton.detections[b"photo"] = objects(("cat", 0.02, GREEN), whole=RED)
+@pytest.mark.parametrize("listed, merged", [("0.005", ["C"]), ("0.05", ["A"])])
+def test_a_tentative_detection_joins_the_merged_list_from_the_listed_score(fake_triton, stocked, backends,
+                                                                           listed, merged):
+    # 0.02: under VS_CONFIDENT_DETECTION_SCORE (a catalog image would not store it), but the
+    # shopper's object as often as not: listed by default
+    search = Search(Settings.from_env({"VS_LISTED_DETECTION_SCORE": listed}), backends)
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0.1, 0)), ("cat", 0.02, GREEN),
+                                               whole=BLUE)
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1), no_deadline))
+    assert [g.matches[0].product_id for g in response.objects[:2]] == ["A", "C"]
+    assert [m.product_id for m in response.products] == merged
+
+
+def test_with_only_faint_detections_the_merged_list_takes_every_group(search, fake_triton, stocked):
+    fake_triton.detections[b"photo"] = objects(("cat", 0.003, GREEN), whole=RED)
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1, skip_whole_image=True),
                                  no_deadline))
     assert [g.label for g in response.objects] == ["cat"]

@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -112,6 +112,11 @@ VARIANTS = {v.name: v for v in [
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
                                    "detector and embedder)"),
+    Variant("shipped-listed-0.05", service_env={"VS_LISTED_DETECTION_SCORE": "0.05"},
+            description="shipped with only detections from 0.05 merged into the product list (the default before "
+                        "2026-11-28 11:00 UTC, when VS_CONFIDENT_DETECTION_SCORE set both)"),
+    Variant("shipped-listed-every", service_env={"VS_LISTED_DETECTION_SCORE": "0"},
+            description="shipped with every detection merged into the product list"),
     Variant("shipped-one-view", postprocess={"whole_image_views": "1"}, dimension=1280, projection="learned-regions",
             description="shipped-learned-regions with the whole image embedded as one view (no mean of views)"),
     Variant("shipped-0.01", postprocess={"score_threshold": "0.01", "max_objects": "16"}, dimension=1280,
@@ -149,10 +154,16 @@ VARIANTS = {v.name: v for v in [
             description="shipped-1280 with object crops widened by 10 % of the box on each side"),
     Variant("crop-margin-0.2", postprocess={**ONE_VIEW, "crop_margin": "0.2"}, dimension=0,
             description="shipped-1280 with object crops widened by 20 % of the box on each side"),
-    Variant("all-detections-listed", service_env={"VS_CONFIDENT_DETECTION_SCORE": "0"}, dimension=0,
-            postprocess=ONE_VIEW,
+    Variant("all-detections-listed", dimension=0, postprocess=ONE_VIEW,
+            service_env={"VS_CONFIDENT_DETECTION_SCORE": "0", "VS_LISTED_DETECTION_SCORE": "0"},
             description="shipped-1280, every detection stored for catalog images and merged into the product list"),
 ]}
+# Until 2026-11-28 11:00 UTC the product list merged only detections from 0.05 (the catalog's
+# VS_CONFIDENT_DETECTION_SCORE); the variants measured then are pinned to it.
+LISTED_BEFORE = {"VS_LISTED_DETECTION_SCORE": "0.05"}
+RELISTED = ("shipped", "shipped-float", "shipped-listed-every")
+VARIANTS = {name: v if name in RELISTED else replace(v, service_env={**LISTED_BEFORE, **v.service_env})
+            for name, v in VARIANTS.items()}
 DEFAULT_VARIANTS = list(VARIANTS)
 
 
