@@ -35,3 +35,13 @@ def test_a_product_scores_its_best_row_over_the_kinds_asked_for():
     np.testing.assert_allclose(rows.search(("stored", "extra"), query, 2), [0.9, 0.2])
     # several query vectors: the best of them
     np.testing.assert_allclose(rows.search(("stored",), np.stack([query, b]), 2), [0.1, 1.0])
+
+
+def test_the_objects_box_is_the_one_overlapping_it_most_from_iou_one_half():
+    from tools.eval.run import matching_box
+
+    obj = (100, 100, 200, 200)
+    boxes = [(0, 0, 50, 50), (110, 100, 210, 200), (100, 100, 200, 200)]
+    assert matching_box(boxes, obj) == 2
+    assert matching_box([(150, 100, 250, 200)], obj) is None  # IoU 1/3
+    assert matching_box([], obj) is None and matching_box(boxes, None) is None

@@ -38,10 +38,9 @@ from services.triton_models import imaging, views
 from tools.bench import machine
 from tools.cache import default_cache
 from tools.eval import dataset
-from tools.eval.run import MATCH_IOU
+from tools.eval.run import MATCH_IOU, matching_box
 from tools.models.local_pipeline import LocalPipeline
 from tools.models.repository import CPU_CONFIG, REPOSITORY, PipelineSettings, installed
-from tools.sample_photos import box_iou
 
 log = logging.getLogger("tools.eval.headroom")
 
@@ -99,19 +98,19 @@ def embed_catalog(pipe: LocalPipeline, evalset: dataset.EvalSet, index: dict[str
         rows[kind][0].extend(vectors)
         rows[kind][1].extend([product] * len(vectors))
 
-    s = pipe.settings
     for line in evalset.manifest.read_text().splitlines():
         item = json.loads(line)
         data = (evalset.folder / item["image_path"]).read_bytes()
         product = index[item["product_id"]]
-        found = pipe.detect(data)
+        decoded = pipe.decode(data)
+        found = pipe.detect(decoded)
         crops_embedded = pipe.embed(found.crops)
         stored = views.pool_views(crops_embedded, len(found.boxes))
         # what the service stores: the whole image and the confident objects
         keep = [i for i in range(len(found.boxes)) if i == len(found.boxes) - 1 or found.scores[i] >= confident]
         add("stored", stored[keep], product)
         add("views", _unit(crops_embedded[len(found.boxes) - 1:]), product)
-        pixels = imaging.decode(data, s.max_pixels, s.work_side).pixels
+        pixels = decoded.pixels
         box = trimmed_box(pixels)
         if box is not None:
             fill = tuple(int(v) for v in views.border_colour(pixels))
@@ -134,16 +133,13 @@ class SceneQuery:
 
 
 def embed_scenes(pipe: LocalPipeline, evalset: dataset.EvalSet, index: dict[str, int]) -> list[SceneQuery]:
-    s = pipe.settings
     out = []
     for query in (q for q in evalset.queries if q.kind == "scene"):
-        data = (evalset.folder / query.path).read_bytes()
-        decoded = imaging.decode(data, s.max_pixels, s.work_side)
-        found = pipe.detect(data)
+        decoded = pipe.decode((evalset.folder / query.path).read_bytes())
+        found = pipe.detect(decoded)
         embedded = pipe.embed_found(found)
-        overlaps = [box_iou(tuple(b), query.box) for b in found.boxes[:-1]]
-        best = int(np.argmax(overlaps)) if overlaps else -1
-        matched = best >= 0 and overlaps[best] >= MATCH_IOU
+        best = matching_box(list(found.boxes[:-1]), query.box)
+        matched = best is not None
         box = mirrored = None
         if matched:
             box = embedded[best]

@@ -187,14 +187,22 @@ def _ranking(matches) -> list[tuple[str, float]]:  # noqa: ANN001 - repeated vis
     return [(m.product_id, float(m.similarity)) for m in matches]
 
 
+def matching_box(boxes: list[tuple[float, ...]], box: tuple[int, ...] | None) -> int | None:
+    """Index of the detected box that overlaps the photographed object most, if by IoU >= MATCH_IOU:
+    the box whose group is the object's."""
+    if box is None or not boxes:
+        return None
+    overlaps = [box_iou(tuple(b), box) for b in boxes]
+    best = int(np.argmax(overlaps))
+    return best if overlaps[best] >= MATCH_IOU else None
+
+
 def _object_group(response: pb.SearchByImageResponse, box: tuple[int, ...] | None):  # noqa: ANN202
     groups = list(response.objects)
     detected = [g for g in groups if not g.whole_image]
-    if box is not None and detected:
-        overlaps = [box_iou((g.box.x_min, g.box.y_min, g.box.x_max, g.box.y_max), box) for g in detected]
-        best = int(np.argmax(overlaps))
-        if overlaps[best] >= MATCH_IOU:
-            return detected[best], True
+    best = matching_box([(g.box.x_min, g.box.y_min, g.box.x_max, g.box.y_max) for g in detected], box)
+    if best is not None:
+        return detected[best], True
     whole = [g for g in groups if g.whole_image]
     return (whole[0] if whole else None), False
 

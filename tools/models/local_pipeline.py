@@ -59,9 +59,13 @@ class LocalPipeline:
         return cls(installed("detector", variant=CPU_CONFIG if int8 else "gpu"), (embedder, mf.load(embedder_dir)),
                    **kwargs)
 
-    def detect(self, data: bytes) -> imaging.Detections:
+    def decode(self, data: bytes) -> imaging.Decoded:
+        return imaging.decode(data, self.settings.max_pixels, self.settings.work_side)
+
+    def detect(self, data: bytes | imaging.Decoded) -> imaging.Detections:
+        """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
         s = self.settings
-        decoded = imaging.decode(data, s.max_pixels, s.work_side)
+        decoded = self.decode(data) if isinstance(data, bytes) else data
         tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
         det = self.detector_manifest["serving"]
         raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
