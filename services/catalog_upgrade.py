@@ -34,12 +34,14 @@ from pymilvus import MilvusClient
 
 from services import importer
 from services.api import pb
+from services.domain import ModelVersions
 from services.search.backends import Backends
 from services.search.catalog import Catalog
+from services.search.collection import SchemaMismatch, alias_target, collection_for
 from services.search.config import ConfigError, Settings
 from services.search.errors import ServiceError
-from services.search.milvus_store import MilvusStore, SchemaMismatch, alias_target, collection_for
-from services.search.triton_client import ModelVersions, TritonClient
+from services.search.milvus_store import MilvusStore
+from services.search.triton_client import TritonClient
 
 log = logging.getLogger("services.catalog_upgrade")
 PRODUCTS_PER_CALL = 256

@@ -33,14 +33,16 @@ import numpy as np
 
 from services.api import pb
 from services.catalog_upgrade import stream
+from services.domain import ModelVersions
 from services.paths import BUILD, ROOT
 from services.search import mapping
 from services.search.backends import Backends
-from services.search.catalog import Catalog, content_key
+from services.search.catalog import Catalog
+from services.search.catalog_rows import content_key
 from services.search.config import Settings
 from services.search.errors import InvalidInput
 from services.search.milvus_store import MilvusStore, row_key
-from services.search.triton_client import ModelVersions, Objects
+from services.search.objects import Objects, photo
 from tools.bench import machine
 from tools.milvus_processes import MilvusServer
 
@@ -66,8 +68,8 @@ class PrecomputedTriton:
         self.calls += 1
         v = self.vectors[int(image)]
         boxes = np.array([[10 * i, 0, 10 * i + 8, 8] for i in range(OBJECTS_PER_IMAGE)], np.float32)
-        return Objects(boxes, np.full(OBJECTS_PER_IMAGE, 0.9, np.float32), ["cup"] * OBJECTS_PER_IMAGE, v[:-1],
-                       np.array([0, 0, 100, 80], np.float32), v[-1])
+        return photo(boxes, np.full(OBJECTS_PER_IMAGE, 0.9, np.float32), ["cup"] * OBJECTS_PER_IMAGE, v[:-1],
+                     np.array([0, 0, 100, 80], np.float32), v[-1])
 
     async def embed_region(self, image: bytes, region: tuple | None, remaining_s: float | None = None):  # noqa: ANN201
         raise InvalidInput("not used")

@@ -1,5 +1,7 @@
-"""The service's two dependencies, injected: the Triton client and the Milvus store, plus
-what is learnt from Triton at connect time (which models answer, their vector dimension).
+"""The service's two dependencies, injected: the Triton client and the Milvus store (each
+described by a Protocol that the real class and the unit tests' fakes implement), plus what is
+learnt from Triton at connect time (which models answer, what they recommend), and ``timed``:
+the one place a backend call meets the caller's deadline.
 """
 
 from __future__ import annotations
@@ -8,19 +10,67 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
+from services.domain import ModelVersions
 from services.search.errors import BackendUnavailable, DeadlineExceeded, ServiceError
-from services.search.milvus_store import MilvusStore
-from services.search.triton_client import ModelVersions, TritonClient
+from services.search.objects import Objects
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+class Triton(Protocol):
+    """What the service calls on Triton (``triton_client.TritonClient``)."""
+
+    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None) -> Objects: ...
+
+    async def embed_region(self, image: bytes, region: tuple[float, float, float, float] | None,
+                           remaining_s: float | None = None) -> Objects: ...
+
+    async def probe(self) -> None: ...
+
+    async def model_versions(self) -> ModelVersions: ...
+
+    async def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """What the service calls on Milvus (``milvus_store.MilvusStore``)."""
+
+    dimension: int | None
+    collection: str
+
+    @property
+    def mode(self) -> str: ...
+
+    def ping(self, models: ModelVersions) -> None: ...
+
+    def disconnect(self) -> None: ...
+
+    def search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Any]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def product_rows(self, product_ids: list[str]) -> list[dict[str, Any]]: ...
+
+    def vectors(self, keys: list[str]) -> dict[str, Any]: ...
+
+    def replace_products(self, rows_by_product: dict[str, list[dict[str, Any]]],
+                         stale_keys: list[str]) -> dict[str, set[str]]: ...
+
+    def delete_products(self, product_ids: list[str]) -> int: ...
+
+    def seal(self) -> None: ...
+
+    def wait_visible(self, expected: dict[str, set[str]]) -> None: ...
+
+
 class Backends:
-    def __init__(self, triton: TritonClient, store: MilvusStore) -> None:
+    def __init__(self, triton: Triton, store: Store) -> None:
         self.triton = triton
         self.store = store
         self.models: ModelVersions | None = None

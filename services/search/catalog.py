@@ -11,122 +11,23 @@ searches can stay on the cheaper level.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from services.api import pb
-from services.search import mapping, metrics
-from services.search import product_fields as pf
+from services.domain import ModelVersions
+from services.search import catalog_rows, mapping, metrics, objects
 from services.search.backends import Backends, timed
-from services.search.coalesce import Coalescer
+from services.search.catalog_rows import Prepared, content_key
 from services.search.config import Settings
+from services.search.embedding import embed
 from services.search.errors import BackendUnavailable, Conflict, DeadlineExceeded, InvalidInput, ServiceError
-from services.search.milvus_store import row_key
-from services.search.search import IMAGE_LABEL, REGION_LABEL
-from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE, ModelVersions
+from services.search.objects import Objects
+from services.search.store_batches import StoredRows, VisibleWrites
 from services.search.validation import check_delete, check_image, check_product, check_region
 from services.search.write_locks import WriteLocks
 
 Remaining = Callable[[], float | None]
-Embedded = tuple[np.ndarray, np.ndarray, list[str]]  # embeddings, boxes, labels
-
-
-@dataclass
-class Prepared:
-    product_id: str
-    rows: list[dict[str, Any]]  # empty: nothing to write (invalid, every image failed, or all as stored)
-    statuses: list[pb.ImportItemStatus]
-    stale: list[str] = field(default_factory=list)  # stored keys the new rows do not replace
-
-
-class StoredRows(Coalescer[str, list[dict[str, Any]]]):
-    """The stored rows of the products being imported, read for many products in one Milvus
-    query (products of every import call in flight)."""
-
-    MAX_PRODUCTS = 512
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(self.MAX_PRODUCTS)
-        self.store = store
-
-    def run(self, product_ids: list[str]) -> list[list[dict[str, Any]]]:
-        by_product: dict[str, list[dict[str, Any]]] = {}
-        for row in self.store.product_rows(sorted(set(product_ids))):
-            by_product.setdefault(row["product_id"], []).append(row)
-        return [by_product.get(pid, []) for pid in product_ids]
-
-
-class VisibleWrites(Coalescer[dict[str, set[str]], None]):
-    """Wait until the writes of import calls are searchable, many calls in one check. Calls
-    whose products overlap go in different checks (each expects its own rows)."""
-
-    MAX_PRODUCTS = 4096
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(self.MAX_PRODUCTS)
-        self.store = store
-
-    def take(self) -> list[tuple[dict[str, set[str]], asyncio.Future]]:
-        batch, rest, products = [], [], set()
-        for item in self.queue:
-            expected = item[0]
-            if products.isdisjoint(expected) and (not batch or len(products) + len(expected) <= self.limit):
-                batch.append(item)
-                products |= expected.keys()
-            else:
-                rest.append(item)
-        self.queue = rest
-        return batch
-
-    def run(self, items: list[dict[str, set[str]]]) -> list[None]:
-        self.store.wait_visible({pid: keys for expected in items for pid, keys in expected.items()})
-        return [None] * len(items)
-
-
-def content_key(image: pb.ProductImage, models: ModelVersions, store_whole_image: bool = True,
-                min_detection_score: float = 0.0) -> str:
-    """What decides an image's rows: its bytes, embed mode and region, both models and the
-    image pipeline's settings, whether the whole image is stored besides its objects, and the
-    least score of a stored object."""
-    digest = hashlib.sha256()
-    region = image.region
-    digest.update(f"{models.detector_sha256}:{models.embedder_sha256}:{models.pipeline}:{image.mode}:"
-                  f"{region.x_min}:{region.y_min}:"
-                  f"{region.x_max}:{region.y_max}:{store_whole_image}:{min_detection_score:g}:".encode())
-    digest.update(image.content)
-    return digest.hexdigest()
-
-
-def _as_stored(rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> bool:
-    """The new rows equal the stored ones, key for key and field for field."""
-    if len(rows) != len(stored):
-        return False
-    by_key = {row["pk"]: row for row in stored}
-    return all(row["pk"] in by_key and all(by_key[row["pk"]].get(k) == v for k, v in row.items() if k != "vector")
-               for row in rows)
-
-
-def _fail(prepared: Prepared, error: ServiceError) -> None:
-    """Every image of a product that is not written reports ``error``."""
-    prepared.statuses = [pb.ImportItemStatus(product_id=s.product_id, image_id=s.image_id, status=mapping.status(error))
-                         for s in prepared.statuses]
-    prepared.rows = []
-
-
-def _flag_heads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flag the product's first row and each image's first row (what the stats count)."""
-    rows = sorted(rows, key=lambda r: r["pk"])
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        row["product_head"] = i == 0
-        row["image_head"] = row["image_id"] not in seen
-        seen.add(row["image_id"])
-    return rows
 
 
 class _Call:
@@ -165,62 +66,33 @@ class Catalog:
         self._stored_rows = StoredRows(backends.store)
         self._visible_writes = VisibleWrites(backends.store)
 
-    async def _embed_image(self, image: pb.ProductImage, remaining: Remaining) -> Embedded:
-        check_image(image.content, f"image {image.image_id!r}", self.settings)
-        triton = self.backends.triton
-        if image.mode == pb.EMBED_MODE_DETECT:
-            found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
-                                triton.detect_and_embed(image.content, remaining()), remaining())
-            found = found.confident(self.settings.confident_detection_score)
-            if found.labels and not self.settings.store_whole_image:
-                return found.embeddings, found.boxes, list(found.labels)
-            # every detected object, and the image as a whole (stored for every catalog image,
-            # so a product is found even when the shopper's photo is detected differently)
-            return (np.concatenate([found.embeddings.reshape(-1, found.whole_embedding.shape[-1]),
-                                    found.whole_embedding[None]]),
-                    np.concatenate([found.boxes.reshape(-1, 4), found.whole_box[None]]),
-                    [*found.labels, IMAGE_LABEL])
-        if image.mode == pb.EMBED_MODE_REGION:
-            if not image.HasField("region"):
-                raise InvalidInput(f"image {image.image_id!r}: mode REGION needs a region")
-            region = check_region(image.region, f"image {image.image_id!r} region")
-            label = REGION_LABEL
-        elif image.mode == pb.EMBED_MODE_WHOLE_IMAGE:
-            region, label = None, IMAGE_LABEL
-        else:
-            raise InvalidInput(f"image {image.image_id!r}: unknown mode {image.mode}")
-        embeddings, boxes = await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
-                                        triton.embed_region(image.content, region, remaining()), remaining())
-        return embeddings, boxes, [label]
+    async def _embed_image(self, image: pb.ProductImage, remaining: Remaining) -> Objects:
+        """The rows ``objects.stored`` keeps of one image."""
+        what = f"image {image.image_id!r}"
+        check_image(image.content, what, self.settings)
+        if image.mode == pb.EMBED_MODE_REGION and not image.HasField("region"):
+            raise InvalidInput(f"{what}: mode REGION needs a region")
+        if image.mode not in (pb.EMBED_MODE_DETECT, pb.EMBED_MODE_REGION, pb.EMBED_MODE_WHOLE_IMAGE):
+            raise InvalidInput(f"{what}: unknown mode {image.mode}")
+        region = check_region(image.region, f"{what} region") if image.mode == pb.EMBED_MODE_REGION else None
+        found = await embed(self.backends.triton, image.content, image.mode, region, remaining)
+        return objects.stored(found, self.settings.confident_detection_score, self.settings.store_whole_image)
 
     async def _prepare(self, req: pb.ImportProductsRequest, limiter: asyncio.Semaphore, remaining: Remaining,
                        models: ModelVersions) -> Prepared:
         """One product's rows, ready to write: images whose content key matches their stored
         rows keep those vectors (no Triton call), the others are embedded, and images that fail
-        keep their old vectors; every row gets the new attributes."""
+        keep their old vectors; every row gets the new values (``catalog_rows.prepare``)."""
         pid = req.product.product_id
-
-        def status(image_id: str, error: ServiceError | None, vectors: int = 0) -> pb.ImportItemStatus:
-            return pb.ImportItemStatus(product_id=pid, image_id=image_id, vectors=vectors,
-                                       status=mapping.status(error))
-
+        image_ids = [img.image_id for img in req.images]
         try:
-            attributes = check_product(req, self.settings)
-        except InvalidInput as exc:
-            return Prepared(pid, [], [status(img.image_id, exc) for img in req.images] or [status("", exc)])
-        try:
+            values = check_product(req, self.settings)
             stored = await self._stored_rows.submit(pid)
         except ServiceError as exc:
-            return Prepared(pid, [], [status(img.image_id, exc) for img in req.images])
-        by_image: dict[str, list[dict[str, Any]]] = {}
-        for row in sorted(stored, key=lambda r: r["pk"]):
-            by_image.setdefault(row["image_id"], []).append(row)
+            return catalog_rows.failed(pid, image_ids, exc)
+        old = catalog_rows.by_image(stored)
 
-        def unchanged(image: pb.ProductImage, key: str) -> bool:
-            old = by_image.get(image.image_id, [])
-            return bool(old) and all(row.get("content_key") == key for row in old)
-
-        async def embed(image: pb.ProductImage) -> Embedded | ServiceError:
+        async def embed_one(image: pb.ProductImage) -> Objects | ServiceError:
             async with limiter:
                 try:
                     return await self._embed_image(image, remaining)
@@ -229,38 +101,18 @@ class Catalog:
 
         keys = [content_key(image, models, self.settings.store_whole_image, self.settings.confident_detection_score)
                 for image in req.images]
-        todo = [img for img, key in zip(req.images, keys, strict=True) if not unchanged(img, key)]
+        todo = [img for img, key in zip(req.images, keys, strict=True)
+                if not catalog_rows.unchanged(old.get(img.image_id, []), key)]
         # one image (most products) is awaited here: no task per image
-        results = [await embed(todo[0])] if len(todo) == 1 else await asyncio.gather(*(embed(img) for img in todo))
+        results = [await embed_one(todo[0])] if len(todo) == 1 else await asyncio.gather(*(embed_one(i) for i in todo))
         outcomes = dict(zip([img.image_id for img in todo], results, strict=True))
-        rows: list[dict[str, Any]] = []
-        statuses = []
-        for image, key in zip(req.images, keys, strict=True):
-            outcome = outcomes.get(image.image_id)
-            if outcome is None or isinstance(outcome, ServiceError):
-                # unchanged, or failed this time: the image keeps its rows, with the new attributes
-                # (their vectors are read back if the product is written, see _write)
-                rows += [{**row, **attributes} for row in by_image.get(image.image_id, [])]
-                count = len(by_image.get(image.image_id, [])) if outcome is None else 0
-                statuses.append(status(image.image_id, outcome, count))
-                metrics.IMPORTED_IMAGES.labels("unchanged" if outcome is None else "failed").inc()
-                continue
-            embeddings, boxes, labels = outcome
-            statuses.append(status(image.image_id, None, len(embeddings)))
-            metrics.IMPORTED_IMAGES.labels("embedded").inc()
-            for k, (vector, box, label) in enumerate(zip(embeddings, boxes, labels, strict=True)):
-                # float32 arrays, not lists: 8x less memory while the rows wait for their batch
-                rows.append({"pk": row_key(pid, image.image_id, k), "product_id": pid, "image_id": image.image_id,
-                             "label": label[:pf.LABEL_MAX], "box": mapping.box_fields(box),
-                             "vector": np.asarray(vector, np.float32), "content_key": key, **attributes})
-        if not any(s.status.code == 0 for s in statuses):
-            return Prepared(pid, [], statuses)  # nothing stored changes when every image of the product failed
-        rows = _flag_heads(rows)
-        if not outcomes and _as_stored(rows, stored):
+        prepared = catalog_rows.prepare(pid, list(req.images), keys, values, stored, outcomes)
+        for item in prepared.statuses:
+            kind = "failed" if item.status.code else "embedded" if item.image_id in outcomes else "unchanged"
+            metrics.IMPORTED_IMAGES.labels(kind).inc()
+        if prepared.unchanged:
             metrics.IMPORTED_PRODUCTS_UNCHANGED.inc()
-            return Prepared(pid, [], statuses)  # every image and attribute as stored: nothing to write
-        new_keys = {row["pk"] for row in rows}
-        return Prepared(pid, rows, statuses, sorted(row["pk"] for row in stored if row["pk"] not in new_keys))
+        return prepared
 
     async def _kept_vectors(self, batch: list[Prepared]) -> None:
         """Give the rows an import keeps (unchanged or failed images) their stored vectors, in
@@ -272,8 +124,8 @@ class Catalog:
                               asyncio.to_thread(self.backends.store.vectors, missing), None)
         for p in batch:
             if any("vector" not in row and row["pk"] not in vectors for row in p.rows):
-                _fail(p, Conflict(f"product {p.product_id!r} was changed (deleted?) by another call during this "
-                                  "import; nothing of it was written, retry it"))
+                catalog_rows.fail(p, Conflict(f"product {p.product_id!r} was changed (deleted?) by another call "
+                                              "during this import; nothing of it was written, retry it"))
                 continue
             for row in p.rows:
                 row.setdefault("vector", vectors.get(row["pk"]))
@@ -294,7 +146,7 @@ class Catalog:
         except ServiceError as exc:
             for p in batch:
                 if p.rows:
-                    _fail(p, exc)
+                    catalog_rows.fail(p, exc)
             return
         finally:
             for p in batch:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from services.api import pb
+from services.domain import WHOLE_IMAGE_LABEL, ModelVersions
+from services.search import product_fields
 from services.search.errors import ServiceError
 from services.search.milvus_store import Hit
-from services.search.triton_client import ModelVersions
-
-WHOLE_IMAGE_LABEL = "image"  # label of a photo's (and a catalog image's) whole-image vector
 
 
 def box(values: Any) -> pb.BoundingBox:
@@ -25,8 +24,7 @@ def box_fields(values: Any) -> dict[str, float]:
 
 def match(hit: Hit) -> pb.Match:
     f = hit.fields
-    product = pb.Product(product_id=f["product_id"], category=f["category"], price=f["price"], title=f["title"],
-                         attributes={k: str(v) for k, v in (f["attributes"] or {}).items()})
+    product = pb.Product(product_id=f["product_id"], **product_fields.product_values(f))
     return pb.Match(product_id=f["product_id"], image_id=f["image_id"], similarity=hit.similarity,
                     product=product, catalog_box=pb.BoundingBox(**f["box"]),
                     whole_image=f["label"] == WHOLE_IMAGE_LABEL)
@@ -35,7 +33,10 @@ def match(hit: Hit) -> pb.Match:
 def model_info(models: ModelVersions) -> pb.ModelInfo:
     return pb.ModelInfo(detector=models.detector, detector_sha256=models.detector_sha256,
                         embedder=models.embedder, embedder_sha256=models.embedder_sha256,
-                        embedding_dimension=models.dimension)
+                        embedding_dimension=models.dimension,
+                        recommended_min_similarity=models.recommended_min_similarity,
+                        detection_score_threshold=models.detection_score_threshold,
+                        max_detected_objects=models.max_detected_objects)
 
 
 def status(error: ServiceError | None) -> pb.Status:

@@ -6,23 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import numpy as np
-
 from services.api import pb
-from services.search import mapping, metrics
+from services.search import mapping, metrics, objects
 from services.search.backends import Backends, timed
 from services.search.config import Settings
+from services.search.embedding import embed
 from services.search.errors import BackendUnavailable, InvalidInput
 from services.search.milvus_store import Hit
-from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE
-from services.search.validation import SearchQuery, check_batch, check_search
-
-REGION_LABEL = "region"  # label of a caller-given region
-IMAGE_LABEL = mapping.WHOLE_IMAGE_LABEL
+from services.search.validation import check_batch, check_search
 
 Remaining = Callable[[], float | None]
-# box, label, detection score, whole photo, merged into the product list
-SearchedObject = tuple[np.ndarray, str, float, bool, bool]
 
 
 def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
@@ -44,50 +37,34 @@ class Search:
         self.settings = settings
         self.backends = backends
 
-    async def _objects(self, query: SearchQuery, remaining: Remaining
-                       ) -> tuple[np.ndarray, list[SearchedObject], bool]:
-        """Embeddings of what to search (the kept objects, then the whole photo unless the
-        caller skips it) with their groups, and whether no object was kept. A detected object
-        joins the product list only from VS_LISTED_DETECTION_SCORE; a region and the whole
-        photo always do."""
-        if query.region is not None:
-            embeddings, boxes = await timed(metrics.TRITON_SECONDS.labels(REGION_ENSEMBLE),
-                                            self.backends.triton.embed_region(query.image, query.region, remaining()),
-                                            remaining())
-            return embeddings, [(boxes[0], REGION_LABEL, 0.0, False, True)], False
-        found = await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
-                            self.backends.triton.detect_and_embed(query.image, remaining()), remaining())
-        keep = [i for i in range(len(found.labels)) if found.scores[i] >= query.min_detection_score]
-        keep = sorted(keep, key=lambda i: -found.scores[i])[: query.max_objects or None]
-        listed = self.settings.listed_detection_score
-        objects = [(found.boxes[i], found.labels[i], float(found.scores[i]), False, bool(found.scores[i] >= listed))
-                   for i in keep]
-        vectors = [found.embeddings[i] for i in keep]
-        if not keep or not query.skip_whole_image:
-            objects.append((found.whole_box, IMAGE_LABEL, 0.0, True, True))
-            vectors.append(found.whole_embedding)
-        return np.stack(vectors), objects, not keep
-
     async def search(self, req: pb.SearchByImageRequest, remaining: Remaining) -> pb.SearchByImageResponse:
-        """Every object's own matches, and one product list merged from the whole photo and the
-        objects from VS_LISTED_DETECTION_SCORE: a fainter box (mostly background) still gets its
+        """Every searched row's own matches (a group), and one product list merged from the
+        rows ``objects.listed`` chooses: a fainter box (mostly background) still gets its
         group, but its chance matches do not push the photographed product down the list."""
         models = self.backends.ready()
         query = check_search(req, self.settings)
-        embeddings, objects, whole_image = await self._objects(query, remaining)
-        metrics.OBJECTS_PER_IMAGE.observe(len(objects))
+        mode = pb.EMBED_MODE_REGION if query.region is not None else pb.EMBED_MODE_DETECT
+        found = await embed(self.backends.triton, query.image, mode, query.region, remaining)
+        rows, nothing_detected = objects.searched(found, query.min_detection_score, query.max_objects,
+                                                  query.skip_whole_image)
+        metrics.OBJECTS_PER_IMAGE.observe(len(rows))
         hits = await timed(
             metrics.MILVUS_SECONDS.labels("search"),
-            asyncio.to_thread(self.backends.store.search, embeddings, query.top_k * self.settings.group_overfetch,
+            asyncio.to_thread(self.backends.store.search, rows.embeddings, query.top_k * self.settings.group_overfetch,
                               query.expression),
             remaining())
-        response = pb.SearchByImageResponse(whole_image_searched=whole_image, models=mapping.model_info(models))
-        for (box, label, score, whole, _), object_hits in zip(objects, hits, strict=True):
-            group = response.objects.add(box=mapping.box(box), label=label, detection_score=score, whole_image=whole)
-            group.matches.extend(collapse(object_hits, query.top_k, query.min_similarity))
-        listed = [group for (*_, in_list), group in zip(objects, hits, strict=True) if in_list]
-        response.products.extend(collapse([h for group in (listed or hits) for h in group], query.top_k,
-                                          query.min_similarity))
+        min_similarity = objects.min_similarity(query.min_similarity, query.use_recommended_min_similarity, models)
+        response = pb.SearchByImageResponse(whole_image_searched=nothing_detected and query.region is None,
+                                            models=mapping.model_info(models))
+        for i, object_hits in enumerate(hits):
+            group = response.objects.add(box=mapping.box(rows.boxes[i]), label=rows.labels[i],
+                                         detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]))
+            group.matches.extend(collapse(object_hits, query.top_k, min_similarity))
+        in_list = objects.listed(rows, self.settings.listed_detection_score)
+        if not in_list.any():  # the whole photo skipped and every box faint: list them all
+            in_list[:] = True
+        response.products.extend(collapse([h for i, group in enumerate(hits) if in_list[i] for h in group],
+                                          query.top_k, min_similarity))
         return response
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest, remaining: Remaining

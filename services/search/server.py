@@ -13,7 +13,6 @@ import functools
 import logging
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,14 +22,14 @@ from prometheus_client import start_http_server
 
 from services import logging_setup
 from services.api import message_size_options, pb, pb_grpc
-from services.search import metrics, reflection
+from services.search import metrics, reflection, rpc
 from services.search.admission import Admission
 from services.search.auth import CATALOG_READ, CATALOG_WRITE, SEARCH, Guard
 from services.search.backends import Backends
 from services.search.catalog import Catalog
+from services.search.collection import SchemaMismatch
 from services.search.config import ConfigError, Settings
-from services.search.errors import ServiceError
-from services.search.milvus_store import MilvusStore, SchemaMismatch
+from services.search.milvus_store import MilvusStore
 from services.search.search import Search
 from services.search.tls import server_credentials
 from services.search.triton_client import TritonClient
@@ -47,53 +46,33 @@ def _remaining(context: grpc.aio.ServicerContext) -> Callable[[], float | None]:
     return context.time_remaining
 
 
-Audit = Callable[[Any, Any], dict[str, Any]]  # (request, response or None) -> what the audit line records
-
-
-def handler(method: str, role: str, audit: Audit | None = None) -> Callable:
-    """Authentication and the method's role, admission control, error-to-status mapping,
-    metrics, a log line when an RPC fails, and an audit line for catalog writes."""
+def handler(method: str, role: str, audit: rpc.Audit | None = None) -> Callable:
+    """The steps of ``rpc.py`` around a servicer method: identify and authorize the caller,
+    admit the call, run it, turn a failure into its status, record metrics and (catalog
+    writes) an audit line."""
 
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
         async def run(self: VisualSearchServicer | CatalogServicer, request: Any,
                       context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code, message, caller, admitted, response = grpc.StatusCode.OK, "", None, False, None
+            outcome = rpc.Outcome(method)
             try:
-                caller = self.guard.caller(context)
-                self.guard.authorize(caller, role, method)
-                self.admission.enter(caller.name)
-                admitted = True
-                response = await fn(self, request, context)
-                return response
-            except ServiceError as exc:
-                code, message = exc.code, str(exc)
-                if code != grpc.StatusCode.INVALID_ARGUMENT:
-                    log.warning("request failed", extra={"method": method, "code": code.name, "error": message,
-                                                         "caller": caller.name if caller else None})
-                await context.abort(code, message)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
+                caller = rpc.identify(self.guard, context, role, outcome)
+                with rpc.admitted(self.admission, caller):
+                    outcome.response = await fn(self, request, context)
+                return outcome.response
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error", extra={"method": method})
-                await context.abort(code, "internal error; see the server log")
+            except asyncio.CancelledError as exc:
+                rpc.failed(outcome, exc)
+                raise
+            except Exception as exc:
+                rpc.failed(outcome, exc)
+                await context.abort(outcome.code, outcome.message)
             finally:
-                if admitted:
-                    self.admission.leave(caller.name)
-                elapsed = time.perf_counter() - start
-                metrics.REQUESTS.labels(method, code.name).inc()
-                metrics.REQUEST_SECONDS.labels(method, code.name).observe(elapsed)
+                rpc.record(outcome)
                 if audit is not None:
-                    log.info("audit", extra={"audit": True, "method": method, "code": code.name,
-                                             "caller": caller.name if caller else None,
-                                             "credential": caller.how if caller else None,
-                                             "peer": context.peer(), "error": message or None,
-                                             "seconds": round(elapsed, 3), **audit(request, response)})
+                    log.info("audit", extra=rpc.audit_line(outcome, context.peer(), request, audit))
 
         return run
 

@@ -8,12 +8,10 @@ the tests build their requests with the same functions.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -23,8 +21,10 @@ from tritonclient.grpc import InferInput, InferResult
 from tritonclient.utils import InferenceServerException
 
 from services.api import message_size_options
+from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL, ModelVersions
 from services.search.config import Settings
 from services.search.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ServiceError
+from services.search.objects import Objects, single
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # IMAGE [1,1] -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK; the last row is the whole image
 DETECT_ENSEMBLE = "detect_and_embed"
 REGION_ENSEMBLE = "embed_region"  # IMAGE [1] + REGION [4] -> EMBEDDINGS [1,D], BOXES [1,4]
-MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER: the served models' manifests as JSON; PIPELINE
+MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER (manifests), PIPELINE (fingerprint), DETECTION (JSON)
 # Tensors.
 IMAGE, REGION = "IMAGE", "REGION"
 BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK = "BOXES", "SCORES", "LABELS", "EMBEDDINGS", "FALLBACK"
@@ -55,34 +55,6 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's, before the
 PROBE_IMAGE = _tiny_png()  # readiness: a real inference (a model can report ready with a dead stub)
 
 
-@dataclass
-class Objects:
-    boxes: np.ndarray  # Kx4 original pixels (K may be 0)
-    scores: np.ndarray  # K
-    labels: list[str]
-    embeddings: np.ndarray  # KxD, unit length
-    whole_box: np.ndarray  # 4: the whole image in original pixels
-    whole_embedding: np.ndarray  # D: the whole image's vector
-
-    def confident(self, min_score: float) -> Objects:
-        """The objects scoring at least ``min_score`` (the whole image stays)."""
-        keep = np.flatnonzero(np.asarray(self.scores) >= min_score)
-        if len(keep) == len(self.labels):
-            return self
-        return replace(self, boxes=self.boxes[keep], scores=self.scores[keep],
-                       labels=[self.labels[i] for i in keep], embeddings=self.embeddings[keep])
-
-
-@dataclass(frozen=True)
-class ModelVersions:
-    detector: str
-    detector_sha256: str
-    embedder: str
-    embedder_sha256: str
-    dimension: int
-    pipeline: str = ""  # fingerprint of the image pipeline's settings (model_info's PIPELINE)
-
-
 def detect_request(image: bytes) -> tuple[str, list[InferInput]]:
     tensor = InferInput(IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_))
@@ -99,23 +71,30 @@ def region_request(image: bytes, region: tuple[float, float, float, float] | Non
 
 
 def objects_from(result: InferResult) -> Objects:
-    """The detected objects and, apart, the whole image (the ensemble's last row)."""
+    """Every row of the detect ensemble: the detected objects, then the whole image (its last
+    row, flagged)."""
     boxes, scores, embeddings = result.as_numpy(BOXES), result.as_numpy(SCORES), result.as_numpy(EMBEDDINGS)
     labels = [label.decode() for label in result.as_numpy(LABELS)]
-    return Objects(boxes[:-1], scores[:-1], labels[:-1], embeddings[:-1], boxes[-1], embeddings[-1])
+    whole = np.zeros(len(labels), bool)
+    whole[-1] = True
+    return Objects(boxes.reshape(-1, 4), scores, labels, embeddings, whole)
 
 
-def region_from(result: InferResult) -> tuple[np.ndarray, np.ndarray]:
-    """(EMBEDDINGS 1xD, BOXES 1x4)."""
-    return result.as_numpy(EMBEDDINGS), result.as_numpy(BOXES)
+def region_from(result: InferResult, label: str) -> Objects:
+    """The region ensemble's one row, labelled ``label`` (a region, or the whole image)."""
+    return single(result.as_numpy(BOXES)[0], result.as_numpy(EMBEDDINGS)[0], label)
 
 
 def model_versions_from(result: InferResult) -> ModelVersions:
     detector = json.loads(result.as_numpy("DETECTOR")[0])
     embedder = json.loads(result.as_numpy("EMBEDDER")[0])
+    detection = json.loads(result.as_numpy("DETECTION")[0])
+    quality = embedder.get("quality") or {}
     return ModelVersions(detector["name"], detector["serving"]["onnx_sha256"], embedder["name"],
                          embedder["serving"]["onnx_sha256"], int(embedder["serving"]["output"]["shape"][-1]),
-                         result.as_numpy("PIPELINE")[0].decode())
+                         result.as_numpy("PIPELINE")[0].decode(),
+                         float(quality.get("recommended_min_similarity", 0.0)),
+                         float(detection["score_threshold"]), int(detection["max_objects"]))
 
 
 def map_error(exc: InferenceServerException, url: str) -> ServiceError:
@@ -149,20 +128,15 @@ class TritonClient:
     async def close(self) -> None:
         await self._client.close()
 
-    def _timeout(self, remaining_s: float | None) -> float:
-        if remaining_s is None:
-            return self.default_timeout_s
-        if remaining_s <= 0:
-            raise DeadlineExceeded("deadline exceeded before the inference call")
-        return min(remaining_s, self.default_timeout_s)
-
     async def _infer(self, request: tuple[str, list[InferInput]], remaining_s: float | None) -> InferResult:
+        """One call, bounded by VS_TRITON_TIMEOUT_S and sent with the caller's remaining time
+        as its gRPC deadline (the caller's deadline itself is enforced by ``backends.timed``)."""
         model, inputs = request
-        timeout = self._timeout(remaining_s)
+        timeout = self.default_timeout_s
+        if remaining_s is not None:
+            timeout = max(0.001, min(remaining_s, timeout))
         try:
-            return await asyncio.wait_for(self._client.infer(model, inputs, client_timeout=timeout), timeout + 1.0)
-        except TimeoutError:
-            raise DeadlineExceeded(f"Triton did not answer within {timeout:.1f}s") from None
+            return await self._client.infer(model, inputs, client_timeout=timeout)
         except InferenceServerException as exc:
             raise map_error(exc, self.url) from None
 
@@ -170,9 +144,11 @@ class TritonClient:
         return objects_from(await self._infer(detect_request(image), remaining_s))
 
     async def embed_region(self, image: bytes, region: tuple[float, float, float, float] | None,
-                           remaining_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Embedding (1xD) and the clipped box (1x4) of ``region``; None = the whole image."""
-        return region_from(await self._infer(region_request(image, region), remaining_s))
+                           remaining_s: float | None = None) -> Objects:
+        """One row: ``region`` clipped to the photo (labelled a region), or the whole image
+        when ``region`` is None."""
+        label = WHOLE_IMAGE_LABEL if region is None else REGION_LABEL
+        return region_from(await self._infer(region_request(image, region), remaining_s), label)
 
     async def probe(self) -> None:
         """A real small inference: a model can report ready while its stub is dead."""

@@ -11,7 +11,7 @@ from services.search import product_fields as pf
 from services.search.config import Settings
 from services.search.errors import InvalidInput
 from services.search.filters import build_expression
-from services.search.product_fields import check_id, check_key, check_value
+from services.search.product_fields import check_id
 
 MAX_DELETE_IDS = 1000
 
@@ -48,6 +48,7 @@ class SearchQuery:
     min_detection_score: float
     min_similarity: float
     skip_whole_image: bool = False
+    use_recommended_min_similarity: bool = False
 
 
 def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuery:
@@ -64,7 +65,7 @@ def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuer
     expression = build_expression(req.filter)
     region = check_region(req.region, "region") if req.HasField("region") else None
     return SearchQuery(req.image, top_k, region, expression, req.max_objects, req.min_detection_score,
-                       req.min_similarity, req.skip_whole_image)
+                       req.min_similarity, req.skip_whole_image, req.use_recommended_min_similarity)
 
 
 def check_batch(req: pb.BatchSearchByImageRequest, settings: Settings) -> None:
@@ -74,26 +75,17 @@ def check_batch(req: pb.BatchSearchByImageRequest, settings: Settings) -> None:
 
 
 def check_product(req: pb.ImportProductsRequest, settings: Settings) -> dict[str, Any]:
-    """The product's stored attributes (category, price, title, attributes)."""
+    """The product's stored values (every field of ``PRODUCT_FIELDS``), checked."""
     p = req.product
     check_id(p.product_id, "product.product_id")
-    if len(p.category) > pf.CATEGORY_MAX or len(p.title) > pf.TITLE_MAX:
-        raise InvalidInput(f"product.category must be at most {pf.CATEGORY_MAX} and product.title "
-                           f"{pf.TITLE_MAX} characters")
-    if not math.isfinite(p.price) or p.price < 0:
-        raise InvalidInput(f"product.price must be finite and >= 0, got {p.price}")
-    if len(p.attributes) > pf.ATTRIBUTES_MAX:
-        raise InvalidInput(f"product.attributes: at most {pf.ATTRIBUTES_MAX} keys")
-    for key, value in p.attributes.items():
-        check_key(key, "product.attributes")
-        check_value(value, f"product.attributes[{key!r}] (max {pf.ATTRIBUTE_VALUE_MAX})")
+    values = pf.stored_values(p)
     if not 1 <= len(req.images) <= settings.max_images_per_product:
         raise InvalidInput(f"a product needs 1..{settings.max_images_per_product} images "
                            f"(VS_MAX_IMAGES_PER_PRODUCT), got {len(req.images)}")
     ids = [check_id(img.image_id, "image_id") for img in req.images]
     if len(set(ids)) != len(ids):
         raise InvalidInput("image_id values must be unique within a product")
-    return {"category": p.category, "price": float(p.price), "title": p.title, "attributes": dict(p.attributes)}
+    return values
 
 
 def check_delete(req: pb.DeleteProductsRequest) -> list[str]:

@@ -13,6 +13,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.domain import WHOLE_IMAGE_LABEL
 from services.triton_models import views
 
 # We enforce our own pixel budget before decoding; Pillow's global guard would raise a
@@ -27,7 +28,6 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
 ACCEPTED = "JPEG, PNG, WebP, HEIC/HEIF or AVIF"
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)
 LETTERBOX_FILL = 114
-FALLBACK_LABEL = "image"  # label of the whole-image object when nothing is detected
 
 
 class InvalidImage(ValueError):
@@ -187,8 +187,8 @@ def crop_resize(pixels: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
 
 
 def labels(class_ids: np.ndarray, classes: list[str]) -> list[str]:
-    """Class names of detections; the whole-image fallback (-1) is FALLBACK_LABEL."""
-    return [FALLBACK_LABEL if c < 0 else classes[c] for c in class_ids]
+    """Class names of detections; the whole-image fallback (-1) is WHOLE_IMAGE_LABEL."""
+    return [WHOLE_IMAGE_LABEL if c < 0 else classes[c] for c in class_ids]
 
 
 @dataclass

@@ -37,11 +37,16 @@ def input_size(manifest: dict[str, Any]) -> int:
 _PARAMETER = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
 
 
+def config_file_parameters(path: Path) -> dict[str, str]:
+    """The ``parameters`` of another model's config.pbtxt (not the comments)."""
+    return dict(_PARAMETER.findall(path.read_text()))
+
+
 def pipeline_fingerprint(config_paths: list[Path]) -> str:
     """sha256 of the parameters (not the comments) of the configs that shape what is embedded:
     an image whose rows were made under other settings is embedded again on its next import."""
     digest = hashlib.sha256()
     for path in config_paths:
-        parameters = sorted(_PARAMETER.findall(path.read_text()))
+        parameters = sorted(config_file_parameters(path).items())
         digest.update(json.dumps([path.parent.name, parameters]).encode())
     return digest.hexdigest()

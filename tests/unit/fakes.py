@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from services.search.errors import BackendUnavailable, InvalidInput
+from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL, ModelVersions
+from services.search.backends import Store, Triton
 from services.search.milvus_store import Hit
-from services.search.triton_client import ModelVersions, Objects
+from services.search.objects import Objects, photo, single
 
 DIMENSION = 4
 MODELS = ModelVersions("fake-detector", "d" * 64, "fake-embedder", "e" * 64, DIMENSION)
@@ -27,13 +29,13 @@ WHOLE = np.array([0, 0, 0, 1], np.float32)  # the whole photo's vector unless a 
 
 def objects(*items: tuple[str, float, np.ndarray], whole: np.ndarray = WHOLE) -> Objects:
     """Detections: (label, score, embedding) each, boxes 10 px apart; and the whole photo."""
-    return Objects(boxes=np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(items))], np.float32).reshape(-1, 4),
-                   scores=np.array([s for _, s, _ in items], np.float32), labels=[lab for lab, _, _ in items],
-                   embeddings=np.array([e for _, _, e in items], np.float32).reshape(-1, DIMENSION),
-                   whole_box=np.array([0, 0, 100, 80], np.float32), whole_embedding=whole)
+    return photo(boxes=np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(items))], np.float32).reshape(-1, 4),
+                 scores=np.array([s for _, s, _ in items], np.float32), labels=[lab for lab, _, _ in items],
+                 embeddings=np.array([e for _, _, e in items], np.float32).reshape(-1, DIMENSION),
+                 whole_box=np.array([0, 0, 100, 80], np.float32), whole_embedding=whole)
 
 
-class FakeTriton:
+class FakeTriton(Triton):
     """Answers for the image bytes it was told about; any other bytes are an invalid image."""
 
     def __init__(self) -> None:
@@ -57,12 +59,12 @@ class FakeTriton:
         return self.detections[image]
 
     async def embed_region(self, image: bytes, region: tuple | None, remaining_s: float | None = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           ) -> Objects:
         await self._enter("region", image, region)
         if image not in self.whole:
             raise InvalidInput("invalid image: image bytes are not a decodable image")
         box = region or (0.0, 0.0, 100.0, 80.0)
-        return self.whole[image][None], np.asarray([box], np.float32)
+        return single(np.asarray(box, np.float32), self.whole[image], REGION_LABEL if region else WHOLE_IMAGE_LABEL)
 
     async def probe(self) -> None:
         if self.down:
@@ -75,7 +77,7 @@ class FakeTriton:
         pass
 
 
-class FakeStore:
+class FakeStore(Store):
     """Rows by primary key; search is exact inner product; filters are recorded, not applied."""
 
     collection = "products"

@@ -8,7 +8,7 @@ from services.api import pb
 from services.search.config import ConfigError, Settings, documented_settings
 from services.search.errors import InvalidInput
 from services.search.filters import build_expression
-from services.search.product_fields import LIMITS
+from services.search.product_fields import writer_limits
 from tests.conftest import ROOT
 
 
@@ -38,16 +38,16 @@ def test_bad_settings_name_the_variable(env, fragment):
         Settings.from_env(env)
 
 
-def test_readme_documents_every_setting():
-    readme = (ROOT / "README.md").read_text()
-    for env, _default, _help in documented_settings():
-        assert f"`{env}`" in readme.split("## Configuration")[1].split("## ")[0], env
+def test_the_configuration_page_documents_every_setting_with_its_default():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    for env, default, _help in documented_settings():
+        assert f"| `{env}` | {default or '(empty)'} |" in page, env
 
 
-def test_readme_documents_every_catalog_field_limit():
-    readme = (ROOT / "README.md").read_text()
-    for limit in LIMITS:
-        assert f"| {limit.field} | {limit.rule} |" in readme, limit.field
+def test_the_api_page_documents_every_catalog_field_limit():
+    page = (ROOT / "docs" / "api.md").read_text()
+    for name, rule in writer_limits():
+        assert f"| {name} | {rule} |" in page, name
 
 
 def test_filters_escape_values_and_cannot_change_the_expression():

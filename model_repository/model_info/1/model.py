@@ -1,5 +1,6 @@
 """Triton Python model: the served detector's and embedder's manifests as JSON strings, and
-the fingerprint of the image pipeline's settings (preprocess and postprocess parameters).
+the fingerprint of the image pipeline's settings (preprocess and postprocess parameters), and
+the detection settings (postprocess score_threshold and max_objects).
 
 Read once at load, so they describe the files and settings Triton actually serves.
 """
@@ -9,7 +10,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.triton_models.model_args import parameter_path, pipeline_fingerprint, read_manifest
+from services.triton_models.model_args import config_file_parameters, parameter_path, pipeline_fingerprint, read_manifest
 
 
 class TritonPythonModel:
@@ -19,6 +20,9 @@ class TritonPythonModel:
                         for name in ("DETECTOR", "EMBEDDER")}
         configs = [parameter_path(args, "preprocess_config"), parameter_path(args, "postprocess_config")]
         self.outputs["PIPELINE"] = np.array([pipeline_fingerprint(configs).encode()], dtype=np.object_)
+        post = config_file_parameters(configs[1])
+        detection = {"score_threshold": float(post["score_threshold"]), "max_objects": int(post["max_objects"])}
+        self.outputs["DETECTION"] = np.array([json.dumps(detection).encode()], dtype=np.object_)
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in self.outputs.items()])
