@@ -1,8 +1,5 @@
-"""The generated gRPC code for proto/visualsearch/v1 (``make proto`` writes it to build/gen).
-
-Importing this module makes ``visualsearch.v1`` importable, generating it first when a
-checkout has not run ``make proto`` yet.
-"""
+"""The generated gRPC code for proto/visualsearch/v1 (``make proto`` writes it to build/gen;
+nothing here runs protoc) and the message-size options every server and client uses."""
 
 from __future__ import annotations
 
@@ -26,26 +23,14 @@ CLIENT_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = message_size_options(CLIENT_MESSAGE_BYTES)
 
 
-def generate() -> None:
-    from grpc_tools import protoc
-
-    GEN.mkdir(parents=True, exist_ok=True)
-    sources = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
-    status = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={GEN}", f"--pyi_out={GEN}",
-                          f"--grpc_python_out={GEN}", "--include_imports",
-                          f"--descriptor_set_out={PROTOSET}", *sources])
-    if status != 0:
-        raise RuntimeError(f"protoc failed with status {status}")
-
-
+# PYTHONPATH comes first (the Makefile and the images set it); build/gen is the fallback for a
+# checkout run without it.
 if str(GEN) not in sys.path:
-    sys.path.insert(0, str(GEN))
+    sys.path.append(str(GEN))
 try:
     from visualsearch.v1 import visual_search_pb2 as pb
     from visualsearch.v1 import visual_search_pb2_grpc as pb_grpc
-except ImportError:
-    generate()
-    from visualsearch.v1 import visual_search_pb2 as pb
-    from visualsearch.v1 import visual_search_pb2_grpc as pb_grpc
+except ImportError as exc:
+    raise ImportError(f"the generated gRPC code is missing from {GEN}: run `make proto` ({exc})") from None
 
-__all__ = ["CHANNEL_OPTIONS", "PROTOSET", "generate", "message_size_options", "pb", "pb_grpc"]
+__all__ = ["CHANNEL_OPTIONS", "PROTOSET", "message_size_options", "pb", "pb_grpc"]

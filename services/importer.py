@@ -11,8 +11,9 @@ products with one image ("main").
 
 Manifest (CSV with a header, or JSON Lines), one row per image; rows sharing a product_id
 form one product:  product_id, image_path (relative to the manifest), image_id (default:
-file stem), category, price, title, attributes (a JSON object; in CSV also ``attr.<key>``
-columns), mode (detect | whole_image).
+file stem), mode (detect | whole_image), and a column per product field (category, price,
+title, attributes: a JSON object, in CSV also ``attr.<key>`` columns; see
+``services/search/product_fields.py``).
 
 Re-runs are safe and cheap: the API is idempotent by product and image id, and the service
 does not embed an image again whose bytes, mode and models are unchanged. Products go in
@@ -40,12 +41,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tqdm import tqdm
 
 from services.api import pb, pb_grpc
 from services.channels import PLAINTEXT, ClientConfigError, ClientSecurity
+from services.search.product_fields import manifest_values
 
 log = logging.getLogger("services.importer")
 
@@ -62,10 +65,7 @@ class ManifestError(ValueError):
 class ProductSpec:
     product_id: str
     images: list[tuple[str, Path, int]] = field(default_factory=list)  # (image id, path, mode)
-    category: str = ""
-    price: float = 0.0
-    title: str = ""
-    attributes: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # Product fields (product_fields.PRODUCT_FIELDS)
 
 
 @dataclass
@@ -90,6 +90,10 @@ class Summary:
                 self.failures.append((item.product_id, item.image_id, item.status.message))
 
 
+def _category(category: str) -> dict[str, Any]:
+    return {"category": category} if category else {}
+
+
 def from_folder(folder: Path, category: str = "") -> list[ProductSpec]:
     products: list[ProductSpec] = []
     for entry in sorted(folder.iterdir()):
@@ -97,9 +101,9 @@ def from_folder(folder: Path, category: str = "") -> list[ProductSpec]:
             images = [(p.stem, p, pb.EMBED_MODE_DETECT) for p in sorted(entry.iterdir())
                       if p.suffix.lower() in IMAGE_SUFFIXES]
             if images:
-                products.append(ProductSpec(entry.name, images, category=category))
+                products.append(ProductSpec(entry.name, images, _category(category)))
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            products.append(ProductSpec(entry.stem, [("main", entry, pb.EMBED_MODE_DETECT)], category=category))
+            products.append(ProductSpec(entry.stem, [("main", entry, pb.EMBED_MODE_DETECT)], _category(category)))
     return products
 
 
@@ -126,27 +130,17 @@ def from_manifest(manifest: Path) -> list[ProductSpec]:
         pid, path = str(row.get("product_id") or "").strip(), str(row.get("image_path") or "").strip()
         if not pid or not path:
             raise ManifestError(f"{where}: product_id and image_path are required")
-        attributes = row.get("attributes") or {}
-        if isinstance(attributes, str):
-            try:
-                attributes = json.loads(attributes) if attributes.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: attributes is not a JSON object: {exc}") from None
-        if not isinstance(attributes, dict):
-            raise ManifestError(f"{where}: attributes must be a JSON object")
-        attributes = {**{k[5:]: v for k, v in row.items() if k.startswith("attr.") and v}, **attributes}
         try:
-            price = float(row.get("price") or 0)
-        except ValueError:
-            raise ManifestError(f"{where}: price {row.get('price')!r} is not a number") from None
+            values = manifest_values(row, where)
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
         mode = str(row.get("mode") or "detect")
         if mode not in MODES:
             raise ManifestError(f"{where}: mode must be one of {sorted(MODES)}")
         spec = products.setdefault(pid, ProductSpec(pid))
-        spec.category = str(row.get("category") or spec.category)
-        spec.price = price or spec.price
-        spec.title = str(row.get("title") or spec.title)
-        spec.attributes.update({str(k): str(v) for k, v in attributes.items()})
+        for name, value in values.items():  # rows of one product add to its maps and fill in its values
+            spec.fields[name] = {**spec.fields[name], **value} if isinstance(value, dict) and name in spec.fields \
+                else value
         image_path = (manifest.parent / path).resolve()
         spec.images.append((str(row.get("image_id") or Path(path).stem), image_path, MODES[mode]))
     return list(products.values())
@@ -164,8 +158,7 @@ def product_request(spec: ProductSpec, summary: Summary) -> pb.ImportProductsReq
     if not images:
         return None
     return pb.ImportProductsRequest(
-        product=pb.Product(product_id=spec.product_id, category=spec.category, price=spec.price,
-                           title=spec.title, attributes=spec.attributes), images=images)
+        product=pb.Product(product_id=spec.product_id, **spec.fields), images=images)
 
 
 class Importer:
@@ -237,8 +230,8 @@ class ImportState:
     def __init__(self, products: list[ProductSpec], address: str, folder: Path | None = None) -> None:
         digest = hashlib.sha256(address.encode())
         for spec in products:
-            digest.update(json.dumps([spec.product_id, [(i, str(p), m) for i, p, m in spec.images], spec.category,
-                                      spec.price, spec.title, spec.attributes], sort_keys=True).encode())
+            digest.update(json.dumps([spec.product_id, [(i, str(p), m) for i, p, m in spec.images], spec.fields],
+                                     sort_keys=True).encode())
         folder = folder or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visualsearch" / "imports"
         self.path = folder / f"{digest.hexdigest()[:32]}.json"
 

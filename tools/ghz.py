@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from services.api import PROTOSET, generate, pb
+from services.api import PROTOSET, pb
 from services.channels import PLAINTEXT, ClientSecurity
 from services.paths import ROOT
 from tools.loadtest import Report, Sample
@@ -33,7 +33,7 @@ def find(tool: str = "ghz") -> Path | None:
 def command(binary: Path, address: str, payload: Path, concurrency: int, count: int | None,
             duration_s: float | None, rps: float | None, timeout_s: float, security: ClientSecurity) -> list[str]:
     if not PROTOSET.is_file():
-        generate()
+        raise FileNotFoundError(f"{PROTOSET} is missing: run `make proto`")
     args = [str(binary), "--protoset", str(PROTOSET), "--call", CALL, "--binary", "--binary-file", str(payload),
             "-c", str(concurrency), "--timeout", f"{timeout_s}s", "--format", "json",
             "--max-recv-message-size", "64MB", "--max-send-message-size", "64MB"]

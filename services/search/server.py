@@ -153,10 +153,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 class SearchServer:
     """Owns the grpc.aio server, the backends and the health loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
+        """``backends`` are the real Triton client and Milvus store unless given (tests)."""
         self.settings = settings
         self.server = grpc.aio.server(options=server_options(settings))
-        self.backends = Backends(TritonClient.from_settings(settings), MilvusStore(settings))
+        self.backends = backends or Backends(TritonClient.from_settings(settings), MilvusStore(settings))
         self.admission = Admission(settings.max_in_flight,
                                    min(settings.max_in_flight_per_caller, settings.max_in_flight))
         self.guard = Guard(settings.auth_policy)

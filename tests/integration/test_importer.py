@@ -21,7 +21,7 @@ def test_folder_layout_becomes_products(tmp_path, photos):
     products = {p.product_id: p for p in importer.from_folder(tmp_path, category="demo")}
     assert set(products) == {"moto-9", "cup-9"}
     assert [i[0] for i in products["moto-9"].images] == ["left", "right"]
-    assert products["cup-9"].images[0][0] == "main" and products["cup-9"].category == "demo"
+    assert products["cup-9"].images[0][0] == "main" and products["cup-9"].fields == {"category": "demo"}
 
 
 def test_csv_manifest_groups_rows_by_product(tmp_path):
@@ -32,7 +32,7 @@ def test_csv_manifest_groups_rows_by_product(tmp_path):
                         "p2,c.jpg,bags,3,,\n")
     products = {p.product_id: p for p in importer.from_manifest(manifest)}
     assert [i[0] for i in products["p1"].images] == ["a", "b"]
-    assert products["p1"].attributes == {"color": "red", "size": "42"} and products["p1"].price == 10.5
+    assert products["p1"].fields["attributes"] == {"color": "red", "size": "42"} and products["p1"].fields["price"] == 10.5
     assert products["p2"].images[0][1] == (tmp_path / "c.jpg").resolve()
 
 
