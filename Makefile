@@ -42,7 +42,7 @@ models: venv
 	$(PY) -m tools.models.build --all-builtin
 
 triton: models
-	$(PY) -m tools.triton_launcher run
+	$(PY) -m tools.stack.triton_launcher run
 
 # Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus,
 # Prometheus).
@@ -68,35 +68,35 @@ clean:
 	rm -rf $(BUILD)
 
 run: venv proto models
-	$(PY) -m tools.demo
+	$(PY) -m tools.stack.demo
 
 stop: venv
-	$(PY) -m tools.demo --stop
+	$(PY) -m tools.stack.demo --stop
 
 LOADTEST_ARGS ?= --start-stack $(BUILD)/loadtest/stack --concurrency 4 --duration 30s
 loadtest-payload: venv proto
-	$(PY) -m tools.loadtest --write-payload $(BUILD)/loadtest/search_request.bin
+	$(PY) -m tools.loadtest.run --write-payload $(BUILD)/loadtest/search_request.bin
 
 loadtest: venv proto models
-	$(PY) -m tools.loadtest $(LOADTEST_ARGS) --json $(BUILD)/loadtest/report.json --plots $(BUILD)/loadtest
+	$(PY) -m tools.loadtest.run $(LOADTEST_ARGS) --json $(BUILD)/loadtest/report.json --plots $(BUILD)/loadtest
 
 bench: venv proto models
-	$(PY) -m tools.bench
+	$(PY) -m tools.bench.pipeline
 
 # The catalog write path against the real Milvus server, next to its raw insert rate
 # (docs/benchmarks-write.md).
 bench-write: venv proto
-	$(PY) -m tools.write_bench
+	$(PY) -m tools.bench.write
 
 # Index types at a million vectors on the real Milvus server (docs/benchmarks-scale.md, docs/scale/);
 # about 25 minutes on 2 cores (HNSW, IVF_FLAT, IVF_SQ8). SCALE_ARGS, e.g. --vectors 200000 --index-types HNSW,IVF_SQ8.
 SCALE_ARGS ?= --vectors 1000000 --index-types IVF_SQ8,IVF_FLAT,HNSW --build-timeout-s 1200
 bench-scale: venv proto models
-	$(PY) -m tools.scale_bench $(SCALE_ARGS)
+	$(PY) -m tools.bench.scale $(SCALE_ARGS)
 
 # What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
 bench-tls: venv proto models
-	$(PY) -m tools.tls_bench
+	$(PY) -m tools.bench.tls
 
 # Search quality through the real stack, per query kind and variant (docs/evaluation.md;
 # about an hour on 2 CPU cores). EVAL_ARGS="--products 40 --variants shipped" for a quick look.

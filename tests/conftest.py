@@ -1,21 +1,23 @@
-"""Fixtures shared by both layers: real photos; for the integration layer, the real
-tritonserver on model_repository/ with its CPU configs, and free ports."""
+"""What both layers share: paths, ``require`` for external tools, the real photos, and the
+layer markers (every test under tests/unit is ``unit``, under tests/integration ``integration``).
+The integration layer's servers are in tests/integration/conftest.py: the unit layer never
+imports the launcher or the stack."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from tools.local_stack import free_port
-from tools.models.repository import REPOSITORY
+from services.paths import BUILD, ROOT
 from tools.sample_photos import load_photos
-from tools.triton_launcher import TritonServer
 
-ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "build"
-__all__ = ["BUILD", "REPOSITORY", "ROOT", "free_port"]
+__all__ = ["BUILD", "ROOT", "require"]
+
+LAYERS = ("unit", "integration")
+_layer_seconds: dict[str, float] = dict.fromkeys(LAYERS, 0.0)
 
 
 def require(path: Path | str | None, what: str, how: str, required_in_ci: bool = True) -> str:
@@ -28,25 +30,39 @@ def require(path: Path | str | None, what: str, how: str, required_in_ci: bool =
     pytest.skip(f"{what} is not installed: {how}")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unit: one module at a time, fakes for Triton and Milvus (seconds)")
+    config.addinivalue_line("markers", "integration: the real tritonserver, Milvus, Prometheus, tools (minutes)")
+
+
+def _layer(item) -> str | None:
+    parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+    return parts[0] if parts and parts[0] in LAYERS else None
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layer = _layer(item)
+        if layer:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.perf_counter()
+    yield
+    layer = _layer(item)
+    if layer:
+        _layer_seconds[layer] += time.perf_counter() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+    spent = {layer: seconds for layer, seconds in _layer_seconds.items() if seconds}
+    if spent:
+        terminalreporter.write_line("time per layer: " + ", ".join(f"{layer} {seconds:.1f} s"
+                                                                   for layer, seconds in spent.items()))
+
+
 @pytest.fixture(scope="session")
 def photos():
     return load_photos()
-
-
-@pytest.fixture(scope="session")
-def triton():
-    if not (REPOSITORY / "detector" / "1" / "model.onnx").is_file():
-        pytest.fail("no models in model_repository/: run `make models` (make test does)")
-    server = TritonServer(REPOSITORY, free_port(), free_port(), free_port())
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """The real Milvus 2.3.5 standalone server (default ports: one per machine at a time)."""
-    from tools.milvus_processes import MilvusServer
-
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data").start()
-    yield server
-    server.remove()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import free_port, require
+from tests.conftest import require
+from tests.integration.conftest import free_port
 
 INSTALL = "apt-get install prometheus (Debian's package brings prometheus and promtool)"
 

@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api import pb, pb_grpc
 from services.channels import PLAINTEXT, ClientSecurity
-from tests.conftest import free_port
-from tools.local_stack import start_search_service, stop_process, wait_health
+from tests.integration.conftest import free_port
+from tools.stack.local_stack import start_search_service, stop_process, wait_health
 
 
 class ServiceProcess:

@@ -16,12 +16,12 @@ from grpc_health.v1 import health_pb2
 
 from services.api import pb
 from services.search import triton_client as tc
-from tests.conftest import REPOSITORY, free_port
+from tests.integration.conftest import REPOSITORY, free_port
 from tests.integration.service_process import ServiceProcess
-from tools.demo_catalog import import_requests
-from tools.milvus_processes import MilvusLiteServer
 from tools.sample_photos import encode, reshoot
-from tools.triton_launcher import TritonServer
+from tools.stack.demo_catalog import import_requests
+from tools.stack.milvus_processes import MilvusLiteServer
+from tools.stack.triton_launcher import TritonServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

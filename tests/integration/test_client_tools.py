@@ -13,10 +13,10 @@ import pytest
 from services.api import pb
 from tests.conftest import require
 from tests.integration.service_process import ServiceProcess
-from tools import ghz
-from tools import loadtest as generator
-from tools.demo_catalog import import_requests
+from tools.loadtest import ghz
+from tools.loadtest import run as generator
 from tools.sample_photos import encode, reshoot
+from tools.stack.demo_catalog import import_requests
 
 
 def need(tool: str) -> str:

@@ -365,7 +365,7 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
 
 
 def test_the_30m_milvus_values_size_query_nodes_as_the_measured_capacity_plan_says():
-    from tools.scale_bench import RESULTS, plan
+    from tools.bench.scale import RESULTS, plan
 
     run = json.loads((RESULTS / "1000000.json").read_text())
     values = yaml.safe_load((DEPLOY / "milvus" / "values-30m.yaml").read_text())

@@ -32,7 +32,8 @@ def test_csv_manifest_groups_rows_by_product(tmp_path):
                         "p2,c.jpg,bags,3,,\n")
     products = {p.product_id: p for p in importer.from_manifest(manifest)}
     assert [i[0] for i in products["p1"].images] == ["a", "b"]
-    assert products["p1"].fields["attributes"] == {"color": "red", "size": "42"} and products["p1"].fields["price"] == 10.5
+    assert products["p1"].fields["attributes"] == {"color": "red", "size": "42"}
+    assert products["p1"].fields["price"] == 10.5
     assert products["p2"].images[0][1] == (tmp_path / "c.jpg").resolve()
 
 

@@ -11,11 +11,11 @@ from tritonclient.utils import InferenceServerException
 
 from services.search import triton_client as tc
 from services.triton_models.model_args import pipeline_fingerprint
-from tests.conftest import REPOSITORY, free_port
+from tests.integration.conftest import REPOSITORY, free_port
 from tests.integration.triton_calls import detect_and_embed, embed_region
 from tools.models.local_pipeline import LocalPipeline
 from tools.sample_photos import box_iou, encode
-from tools.triton_launcher import TritonServer, probe_inference
+from tools.stack.triton_launcher import TritonServer, probe_inference
 
 
 @pytest.fixture(scope="module")

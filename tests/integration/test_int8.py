@@ -8,7 +8,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from services.search.config import Settings
-from tests.conftest import REPOSITORY, require
+from tests.conftest import require
+from tests.integration.conftest import REPOSITORY
 from tests.integration.triton_calls import detect_and_embed
 from tools.models import manifest as mf
 from tools.models import repository

@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from services.api import PROTOSET, pb
 from tests.conftest import ROOT
 from tests.integration.service_process import ServiceProcess
-from tools import loadtest
+from tools.loadtest import run as loadtest
 from tools.sample_photos import encode
 
 CONFIGS = sorted((ROOT / "deploy" / "loadtest").glob("*.json"))

@@ -7,11 +7,11 @@ import pytest
 from pymilvus import MilvusClient
 
 from services.api import pb
-from tests.conftest import free_port
+from tests.integration.conftest import free_port
 from tests.integration.service_process import ServiceProcess
-from tools.demo_catalog import import_requests
-from tools.local_stack import start_search_service, stop_process
 from tools.sample_photos import encode, reshoot
+from tools.stack.demo_catalog import import_requests
+from tools.stack.local_stack import start_search_service, stop_process
 
 
 def collection_behind(client: MilvusClient, alias: str) -> str:

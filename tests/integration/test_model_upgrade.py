@@ -16,14 +16,15 @@ import pytest
 from services.api import pb
 from services.paths import BUILD as GEN_BUILD
 from services.paths import ROOT
-from tests.conftest import BUILD, free_port, require
+from tests.conftest import BUILD, require
+from tests.integration.conftest import free_port
 from tests.integration.service_process import ServiceProcess
-from tools.demo import write_demo_catalog
-from tools.local_stack import start_search_service
 from tools.models import manifest as mf
 from tools.models import repository
 from tools.sample_photos import encode, reshoot
-from tools.triton_launcher import TritonServer
+from tools.stack.demo import write_demo_catalog
+from tools.stack.local_stack import start_search_service
+from tools.stack.triton_launcher import TritonServer
 
 ALIAS = "shop"
 

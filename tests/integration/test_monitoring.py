@@ -20,7 +20,8 @@ from services.channels import PLAINTEXT
 from tests.integration.manifests import DEPLOY, by_kind, named, render
 from tests.integration.prometheus_process import Prometheus, binary, rule_groups
 from tests.integration.service_process import ServiceProcess
-from tools import ghz, loadtest
+from tools.loadtest import ghz
+from tools.loadtest import run as loadtest
 from tools.sample_photos import encode, reshoot
 
 DASHBOARD = DEPLOY / "base" / "monitoring" / "visualsearch-dashboard.json"

@@ -10,12 +10,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from services.triton_models import imaging, views
-from tests.conftest import BUILD, free_port, require
+from tests.conftest import BUILD, require
+from tests.integration.conftest import free_port
 from tests.integration.triton_calls import detect_and_embed
 from tools.models import manifest as mf
 from tools.models.repository import PipelineSettings, copy_variant
 from tools.sample_photos import encode
-from tools.triton_launcher import TritonServer
+from tools.stack.triton_launcher import TritonServer
 
 SSCD = BUILD / "models" / "sscd"
 

@@ -14,7 +14,7 @@ from tools import debian
 from tools.cache import default_cache
 from tools.eval import dataset
 from tools.eval.run import import_catalog, run_queries, scores
-from tools.local_stack import local_stack
+from tools.stack.local_stack import local_stack
 
 SLICE_PRODUCTS = 24
 # This slice measured scene 0.854 (41 of 48) with the shipped settings (detections from 0.002,

@@ -14,9 +14,9 @@ from services.api import pb
 from services.search.config import Settings
 from tests.integration.service_process import ServiceProcess
 from tests.payloads import png_with_declared_size
-from tools.demo_catalog import CATALOG, import_requests, product_for
 from tools.models import repository
 from tools.sample_photos import encode, reshoot, side_by_side
+from tools.stack.demo_catalog import CATALOG, import_requests, product_for
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,13 @@ from services.api import PROTOSET, pb, pb_grpc
 from services.channels import ClientSecurity
 from services.search import triton_client
 from services.search.auth import token_digest
-from tests.conftest import REPOSITORY, ROOT, free_port, require
+from tests.conftest import ROOT, require
+from tests.integration.conftest import REPOSITORY, free_port
 from tests.integration.service_process import ServiceProcess
-from tools import ghz
-from tools.certificates import CertificateAuthority, serial_of
+from tools.loadtest import ghz
 from tools.sample_photos import encode
-from tools.triton_launcher import GrpcTLS, TritonServer
+from tools.stack.certificates import CertificateAuthority, serial_of
+from tools.stack.triton_launcher import GrpcTLS, TritonServer
 
 WEB_TOKEN = "web-frontend-token-0123456789"
 STATS_TOKEN = "stats-reader-token-9876543210"

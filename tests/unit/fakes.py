@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from services.search.errors import BackendUnavailable, InvalidInput
 from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL, ModelVersions
 from services.search.backends import Store, Triton
+from services.search.errors import BackendUnavailable, InvalidInput
 from services.search.milvus_store import Hit
 from services.search.objects import Objects, photo, single
 

@@ -38,7 +38,7 @@ def test_a_product_scores_its_best_row_over_the_kinds_asked_for():
 
 
 def test_the_objects_box_is_the_one_overlapping_it_most_from_iou_one_half():
-    from tools.eval.run import matching_box
+    from tools.eval.matching import matching_box
 
     obj = (100, 100, 200, 200)
     boxes = [(0, 0, 50, 50), (110, 100, 210, 200), (100, 100, 200, 200)]

@@ -56,7 +56,7 @@ def test_the_saved_place_belongs_to_one_catalog_and_one_service(tmp_path):
     state = importer.ImportState(products, "search:50051", folder=tmp_path)
     state.save(4)
     changed = catalog(tmp_path, 6)
-    changed[0].price = 3.0
+    changed[0].fields["price"] = 3.0
     assert importer.ImportState(changed, "search:50051", folder=tmp_path).products_done() == 0
     assert importer.ImportState(products, "other:50051", folder=tmp_path).products_done() == 0
     assert importer.ImportState(products, "search:50051", folder=tmp_path).products_done() == 4

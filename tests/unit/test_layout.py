@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -55,3 +57,53 @@ def test_the_search_image_copies_every_module_the_service_imports():
         assert any(rel == src or rel.startswith(src.rstrip("/") + "/") for src in copied), \
             f"{rel} is imported by the search service but not copied into its image"
     assert not any(src.startswith("tools") or src == "services" for src in copied)
+
+
+def _package_modules(package: str) -> dict[str, Path]:
+    root = ROOT / package
+    found = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        found[".".join(parts)] = path
+    return found
+
+
+def test_no_import_cycle_in_services_or_tools():
+    modules = {**_package_modules("services"), **_package_modules("tools")}
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        for imported in imported_modules(path):
+            # "from tools.loadtest import ghz" names the module tools.loadtest.ghz
+            target = imported if imported in modules else imported.rpartition(".")[0]
+            if target in modules and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(nxt):], nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_no_module_of_the_search_service_is_over_300_lines():
+    for path in (SERVICES / "search").glob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 300, f"{path.relative_to(ROOT)} has {lines} lines: split it along a seam"
+
+
+def test_the_unit_layer_never_imports_the_launcher_or_the_stack():
+    probe = ("import sys, pytest\n"
+             "pytest.main(['-q', '--co', '-p', 'no:cacheprovider', 'tests/unit'])\n"
+             "print('LOADED', sorted(m for m in sys.modules if m.startswith(('tools.stack', 'tools.eval.run'))))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "LOADED []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]

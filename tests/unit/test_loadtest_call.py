@@ -8,7 +8,7 @@ from concurrent import futures
 import grpc
 
 from services.api import pb, pb_grpc
-from tools import loadtest
+from tools.loadtest import run as loadtest
 
 
 class Answering(pb_grpc.VisualSearchServicer):

@@ -7,8 +7,8 @@ import numpy as np
 
 from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL
 from services.search import objects
-from tests.unit.fakes import MODELS, objects as photo_rows
-from tests.unit.fakes import unit
+from tests.unit.fakes import MODELS, unit
+from tests.unit.fakes import objects as photo_rows
 
 
 def photo():

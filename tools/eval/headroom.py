@@ -35,10 +35,10 @@ from PIL import Image
 from services.paths import BUILD, ROOT
 from services.search.config import Settings
 from services.triton_models import imaging, views
-from tools.bench import machine
+from tools.bench.common import machine
 from tools.cache import default_cache
 from tools.eval import dataset
-from tools.eval.run import MATCH_IOU, matching_box
+from tools.eval.matching import MATCH_IOU, matching_box
 from tools.models.local_pipeline import LocalPipeline
 from tools.models.repository import CPU_CONFIG, REPOSITORY, PipelineSettings, installed
 

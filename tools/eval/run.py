@@ -32,18 +32,17 @@ import numpy as np
 
 from services.api import message_size_options, pb, pb_grpc
 from services.paths import BUILD, ROOT
-from tools.bench import machine
+from tools.bench.common import machine
 from tools.cache import default_cache
 from tools.eval import dataset
-from tools.local_stack import local_stack
+from tools.eval.matching import matching_box
 from tools.models import build
 from tools.models.repository import copy_variant
-from tools.sample_photos import box_iou
+from tools.stack.local_stack import local_stack
 
 log = logging.getLogger("tools.eval.run")
 
 TOP_K = 10
-MATCH_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -185,16 +184,6 @@ def embedder_for(variant: Variant, cache: Path) -> Path:
 
 def _ranking(matches) -> list[tuple[str, float]]:  # noqa: ANN001 - repeated visualsearch.v1.Match
     return [(m.product_id, float(m.similarity)) for m in matches]
-
-
-def matching_box(boxes: list[tuple[float, ...]], box: tuple[int, ...] | None) -> int | None:
-    """Index of the detected box that overlaps the photographed object most, if by IoU >= MATCH_IOU:
-    the box whose group is the object's."""
-    if box is None or not boxes:
-        return None
-    overlaps = [box_iou(tuple(b), box) for b in boxes]
-    best = int(np.argmax(overlaps))
-    return best if overlaps[best] >= MATCH_IOU else None
 
 
 def _object_group(response: pb.SearchByImageResponse, box: tuple[int, ...] | None):  # noqa: ANN202

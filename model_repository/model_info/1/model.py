@@ -10,7 +10,12 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.triton_models.model_args import config_file_parameters, parameter_path, pipeline_fingerprint, read_manifest
+from services.triton_models.model_args import (
+    config_file_parameters,
+    parameter_path,
+    pipeline_fingerprint,
+    read_manifest,
+)
 
 
 class TritonPythonModel:

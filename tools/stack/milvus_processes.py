@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.local_stack import free_port
+from tools.stack.local_stack import free_port
 
 DEFAULT_PORT = 19530
 SERVER_PORTS = (DEFAULT_PORT, 2379, 9091)  # gRPC, embedded etcd, metrics

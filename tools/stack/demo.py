@@ -19,10 +19,10 @@ from services.api import pb, pb_grpc
 from services.channels import PLAINTEXT, ClientSecurity
 from services.importer import Importer, from_manifest, print_summary
 from services.paths import BUILD, ROOT
-from tools.certificates import CertificateAuthority
-from tools.demo_catalog import CATALOG
-from tools.local_stack import start_search_service
 from tools.sample_photos import encode, load_photos, reshoot, side_by_side
+from tools.stack.certificates import CertificateAuthority
+from tools.stack.demo_catalog import CATALOG
+from tools.stack.local_stack import start_search_service
 
 RUN = BUILD / "run"
 DATA = ROOT / "data"
@@ -102,7 +102,7 @@ def stop() -> None:
         except ProcessLookupError:
             pass
         SEARCH_PID.unlink()
-    subprocess.run([sys.executable, "-m", "tools.triton_launcher", "stop"], cwd=ROOT, check=False)
+    subprocess.run([sys.executable, "-m", "tools.stack.triton_launcher", "stop"], cwd=ROOT, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     stop()  # a previous run's processes would hold the ports
     grpc_port = int(os.environ.get("VS_TRITON_GRPC_PORT", 8001))
     print("starting Triton (CPU model repository)...", flush=True)
-    subprocess.run([sys.executable, "-m", "tools.triton_launcher", "start"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "tools.stack.triton_launcher", "start"], cwd=ROOT, check=True)
     security, env = demo_pki(RUN / "pki") if args.secure else (PLAINTEXT, {})
     print("starting the search service (Milvus Lite" + (", mutual TLS" if args.secure else "") + ")...", flush=True)
     start_demo_service(f"127.0.0.1:{grpc_port}", security, env)

@@ -12,8 +12,8 @@ leave regions in /dev/shm, removed here; a model whose stub died still reports r
 every request fails, so readiness is a real inference and a dead stub is recovered by
 unloading and loading its model (a plain load of an unchanged model is a no-op).
 
-CLI:  python -m tools.triton_launcher run   [--repository model_repository] [--config-name cpu]
-      python -m tools.triton_launcher start  (background, writes a pid file) | stop
+CLI:  python -m tools.stack.triton_launcher run   [--repository model_repository] [--config-name cpu]
+      python -m tools.stack.triton_launcher start  (background, writes a pid file) | stop
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from services.search import triton_client
 from tools.cache import default_cache
 from tools.models.repository import CPU_CONFIG, REPOSITORY
 
-log = logging.getLogger("tools.triton_launcher")
+log = logging.getLogger("tools.stack.triton_launcher")
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "vs-triton-"
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         args.pid_file.parent.mkdir(parents=True, exist_ok=True)
         log_path = args.pid_file.with_suffix(".log")
         child = subprocess.Popen(
-            [sys.executable, "-m", "tools.triton_launcher", "run", f"--repository={args.repository}",
+            [sys.executable, "-m", "tools.stack.triton_launcher", "run", f"--repository={args.repository}",
              f"--config-name={args.config_name}",
              f"--http-port={args.http_port}", f"--grpc-port={args.grpc_port}",
              f"--metrics-port={args.metrics_port}", f"--watch-interval={args.watch_interval}"],

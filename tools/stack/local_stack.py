@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.channels import PLAINTEXT, ClientSecurity
 from services.paths import BUILD, ROOT
 from tools.models.repository import REPOSITORY
-from tools.triton_launcher import TritonServer
+from tools.stack.triton_launcher import TritonServer
 
 
 def free_port() -> int:

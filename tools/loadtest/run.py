@@ -1,6 +1,6 @@
 """A ghz-like load generator for SearchByImage (ghz cannot be installed here).
 
-    python -m tools.loadtest --address 127.0.0.1:50051 --concurrency 8 --duration 30s \
+    python -m tools.loadtest.run --address 127.0.0.1:50051 --concurrency 8 --duration 30s \
         [--rps 20] [--image photo.jpg] [--json out.json] [--plots out_dir]
 
 Drives the call at a fixed concurrency (closed loop) or at a fixed rate (open loop, with at
@@ -18,63 +18,15 @@ import json
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from services.api import pb, pb_grpc
 from services.channels import PLAINTEXT, ClientSecurity
-
-PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
-
-
-@dataclass
-class Sample:
-    start: float  # seconds since the run began
-    latency: float  # seconds
-    code: str
-    error: str = ""
-
-
-@dataclass
-class Report:
-    samples: list[Sample] = field(default_factory=list)
-    total_s: float = 0.0
-
-    def latencies_ms(self, ok_only: bool = True) -> np.ndarray:
-        return np.array([s.latency * 1000 for s in self.samples if not ok_only or s.code == "OK"])
-
-    def summary(self) -> dict:
-        lat = self.latencies_ms()
-        codes = Counter(s.code for s in self.samples)
-        errors = Counter(s.error for s in self.samples if s.error)
-        stats = {"count": len(self.samples), "total_s": round(self.total_s, 3),
-                 "rps": round(len(self.samples) / self.total_s, 2) if self.total_s else 0.0,
-                 "status_codes": dict(codes), "errors": dict(errors.most_common(20))}
-        if len(lat):
-            stats.update({"average_ms": round(float(lat.mean()), 2), "fastest_ms": round(float(lat.min()), 2),
-                          "slowest_ms": round(float(lat.max()), 2),
-                          "latency_ms": {f"p{p}": round(float(np.percentile(lat, p)), 2) for p in PERCENTILES}})
-        return stats
-
-
-def format_summary(stats: dict) -> str:
-    lines = ["Summary:", f"  Count:\t{stats['count']}", f"  Total:\t{stats['total_s']:.2f} s"]
-    if "average_ms" in stats:
-        lines += [f"  Slowest:\t{stats['slowest_ms']:.2f} ms", f"  Fastest:\t{stats['fastest_ms']:.2f} ms",
-                  f"  Average:\t{stats['average_ms']:.2f} ms"]
-    lines += [f"  Requests/sec:\t{stats['rps']:.2f}", "", "Latency distribution:"]
-    for name, value in stats.get("latency_ms", {}).items():
-        lines.append(f"  {name[1:]} % in {value:.2f} ms")
-    lines += ["", "Status code distribution:"]
-    lines += [f"  [{code}]\t{n} responses" for code, n in stats["status_codes"].items()]
-    if stats["errors"]:
-        lines += ["", "Error distribution:"] + [f"  [{n}]\t{msg}" for msg, n in stats["errors"].items()]
-    return "\n".join(lines)
+from tools.loadtest import ghz
+from tools.loadtest.report import Report, Sample, format_summary, plot
 
 
 async def run(call: Callable[[], Awaitable[None]], concurrency: int, count: int | None = None,
@@ -118,36 +70,6 @@ async def run(call: Callable[[], Awaitable[None]], concurrency: int, count: int 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     report.total_s = time.perf_counter() - begin
     return report
-
-
-def plot(report: Report, out_dir: Path, title: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-    lat = report.latencies_ms()
-    paths = [out_dir / f"{slug}-histogram.png", out_dir / f"{slug}-over-time.png"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(lat, bins=40, color="#3572a5")
-    ax.set(xlabel="latency (ms)", ylabel="requests", title=f"{title}: latency histogram")
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ok = [s for s in report.samples if s.code == "OK"]
-    ax.scatter([s.start for s in ok], [s.latency * 1000 for s in ok], s=6, color="#3572a5", label="OK")
-    bad = [s for s in report.samples if s.code != "OK"]
-    if bad:
-        ax.scatter([s.start for s in bad], [s.latency * 1000 for s in bad], s=8, color="#c0392b", label="error")
-    ax.set(xlabel="time since start (s)", ylabel="latency (ms)", title=f"{title}: latency over time")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
 
 
 def search_call(address: str, request: pb.SearchByImageRequest, timeout_s: float,
@@ -213,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.write_payload} ({len(image)} image bytes)")
         return 0
 
-    from tools import ghz
 
     engine = args.engine if args.engine != "auto" else ("ghz" if ghz.find() else "builtin")
     print(f"load generator: {engine}" + (f" ({ghz.find()})" if engine == "ghz" else ""), file=sys.stderr)
@@ -234,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.start_stack:
         from services.importer import Importer
-        from tools.demo_catalog import import_requests
-        from tools.local_stack import local_stack
         from tools.sample_photos import load_photos
+        from tools.stack.demo_catalog import import_requests
+        from tools.stack.local_stack import local_stack
 
         with local_stack(args.start_stack) as stack:
             importer = Importer(stack.address)

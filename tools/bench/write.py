@@ -15,7 +15,7 @@ whether Milvus writes keep up, not inference). In one run, on one server:
 Each timed phase starts once the server has indexed the rows the phase before wrote (see
 ``settle``): index builds run in the background on the same cores.
 
-    python -m tools.write_bench [--images 20000] [--dimension 1280] [--stats-rows 10000,100000,1000000]
+    python -m tools.bench.write [--images 20000] [--dimension 1280] [--stats-rows 10000,100000,1000000]
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from services.search.config import Settings
 from services.search.errors import InvalidInput
 from services.search.milvus_store import MilvusStore, row_key
 from services.search.objects import Objects, photo
-from tools.bench import machine
-from tools.milvus_processes import MilvusServer
+from tools.bench.common import machine
+from tools.stack.milvus_processes import MilvusServer
 
-log = logging.getLogger("tools.write_bench")
+log = logging.getLogger("tools.bench.write")
 
 OBJECTS_PER_IMAGE = 2  # + the whole image: three rows per image, like a typical catalog photo
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
               **path, "stats_at_scale": stats}
     lines = [
         "# Catalog write path (`make bench-write`)", "",
-        f"Machine: {result['machine']}. Command: `python -m tools.write_bench --images {n} --dimension "
+        f"Machine: {result['machine']}. Command: `python -m tools.bench.write --images {n} --dimension "
         f"{args.dimension}`; the real Milvus 2.3.5 standalone server (the `milvus` wheel), precomputed vectors "
         f"(no Triton), {OBJECTS_PER_IMAGE + 1} rows per image (objects + whole image).", "",
         "| | images/s | seconds |", "|---|---|---|",

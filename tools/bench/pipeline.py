@@ -9,7 +9,7 @@ One command, one run, on this machine:
      Milvus Lite and the real Milvus server;
   5. search quality: recall@1/@5 of re-shot photos against their products, both embedders.
 
-    python -m tools.bench [--quick] [--milvus-scales 100000,1000000] [--out docs/benchmarks.md]
+    python -m tools.bench.pipeline [--quick] [--milvus-scales 100000,1000000] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import concurrent.futures
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,37 +37,23 @@ from services.channels import PLAINTEXT
 from services.paths import BUILD, ROOT
 from services.search import triton_client
 from services.triton_models import imaging
-from tools import ghz, loadtest
-from tools.demo_catalog import CATALOG, import_requests, product_for
-from tools.local_stack import local_stack
-from tools.milvus_processes import MilvusServer
+from tools.bench.common import clustered_vectors, cpu_meter, machine, pct, real_centers
+from tools.loadtest import ghz
+from tools.loadtest import run as loadtest
 from tools.models import repository
 from tools.models.local_pipeline import LocalPipeline
 from tools.models.repository import CPU_CONFIG, INT8_NAME, installed
 from tools.sample_photos import box_iou, distractor_sources, encode, load_photos, reshoot, reshoot_with_box
+from tools.stack.demo_catalog import CATALOG, import_requests, product_for
+from tools.stack.local_stack import local_stack
+from tools.stack.milvus_processes import MilvusServer
 
-log = logging.getLogger("tools.bench")
+log = logging.getLogger("tools.bench.pipeline")
 MODELS = BUILD / "models"
 CONCURRENCY = (1, 4, 16, 64)
 
 
 # -- helpers ------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-
-    return (f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-
-
 def query_images(n: int) -> list[bytes]:
     """Realistic query photos: re-shots of the catalog objects on other backgrounds."""
     photos = load_photos()
@@ -77,32 +61,6 @@ def query_images(n: int) -> list[bytes]:
     backgrounds = [photos["china"].pixels, photos["flower"].pixels, photos["rocket"].pixels]
     return [encode(reshoot(labelled[i % len(labelled)], backgrounds[i % len(backgrounds)], seed=i), quality=80)
             for i in range(n)]
-
-
-@contextmanager
-def cpu_meter(pids: list[int], children: bool = True):  # noqa: ANN201 - yields a dict filled on exit
-    """CPU seconds used by the given processes (and their children) while the block runs."""
-    def total() -> float:
-        seconds = 0.0
-        for pid in pids:
-            try:
-                proc = psutil.Process(pid)
-                for p in [proc, *(proc.children(recursive=True) if children else [])]:
-                    t = p.cpu_times()
-                    seconds += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return seconds
-
-    result: dict[str, float] = {}
-    start_cpu, start = total(), time.perf_counter()
-    yield result
-    wall = time.perf_counter() - start
-    result["cores"] = (total() - start_cpu) / wall if wall else 0.0
-
-
-def pct(values: list[float] | np.ndarray, p: float) -> float:
-    return float(np.percentile(np.asarray(values), p)) if len(values) else float("nan")
 
 
 # -- 1. the limit --------------------------------------------------------------------------
@@ -305,30 +263,6 @@ def bench_import(address: str, copies: int) -> dict:
 
 
 # -- 4. Milvus at scale ---------------------------------------------------------------------
-def clustered_vectors(centers: np.ndarray, n: int, seed: int, noise: float = 0.35) -> np.ndarray:
-    """Unit vectors scattered around real embeddings (random vectors flatter HNSW unfairly low)."""
-    rng = np.random.default_rng(seed)
-    picks = centers[rng.integers(0, len(centers), n)]
-    vectors = picks + rng.normal(0, noise / np.sqrt(centers.shape[1]), picks.shape).astype(np.float32)
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-
-
-def real_centers(count: int) -> np.ndarray:
-    """Embeddings of random crops of the shipped photos, through the served embedder."""
-    pipeline = LocalPipeline.from_repository()
-    rng = np.random.default_rng(0)
-    sources = list(distractor_sources().values()) + [p.pixels for p in load_photos().values()]
-    crops = []
-    for i in range(count):
-        pixels = sources[i % len(sources)]
-        h, w = pixels.shape[:2]
-        cw, ch = int(w * rng.uniform(0.2, 1)), int(h * rng.uniform(0.2, 1))
-        x, y = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
-        crops.append(imaging.crop_resize(pixels, np.array([[x, y, x + cw, y + ch]], np.float32),
-                                            pipeline.crop_size)[0])
-    return np.concatenate([pipeline.embed(np.stack(crops[i:i + 32])) for i in range(0, len(crops), 32)])
-
-
 def bench_milvus(uri: str, vectors: np.ndarray, queries: np.ndarray, label: str) -> dict:
     from pymilvus import DataType, MilvusClient
 
@@ -477,7 +411,7 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
     limit_ips = lim["parallel_ips"]
     lines = [
         "# Benchmarks", "",
-        f"Generated by `make bench` (`python -m tools.bench {' '.join(data['argv'])}`).", "",
+        f"Generated by `make bench` (`python -m tools.bench.pipeline {' '.join(data['argv'])}`).", "",
         f"Machine: {data['machine']}.", "",
         f"CPU config overrides: `{json.dumps(data['cpu_settings'])}` (none = the shipped model_repository/).", "",
         "Query photos: re-shots of the demo catalog objects pasted on other photos (~50-80 KB JPEG).",
@@ -543,7 +477,7 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
         lines += ["", f"Load generators on the same load (SearchByImage, one photo, concurrency {gen['concurrency']}, "
                   f"{gen['count']} calls each, one after the other):", "",
                   "| generator | req/s | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
-        for name, label in (("ghz", "ghz 0.121 (real)"), ("builtin", "tools/loadtest.py")):
+        for name, label in (("ghz", "ghz 0.121 (real)"), ("builtin", "tools/loadtest/run.py")):
             r = gen[name]
             if r is None:
                 lines.append(f"| {label} | not found | | | |")

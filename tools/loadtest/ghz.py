@@ -14,7 +14,7 @@ from pathlib import Path
 from services.api import PROTOSET, pb
 from services.channels import PLAINTEXT, ClientSecurity
 from services.paths import ROOT
-from tools.loadtest import Report, Sample
+from tools.loadtest.report import Report, Sample
 
 CALL = "visualsearch.v1.VisualSearch.SearchByImage"
 # This workplace keeps the real ghz and grpcurl beside the checkout; elsewhere $VS_GHZ /
