@@ -45,9 +45,9 @@ triton: models
 	$(PY) -m tools.stack.triton_launcher run
 
 # Everything: unit tests (fakes, seconds) and integration tests (real tritonserver, Milvus,
-# Prometheus).
+# Prometheus); prints the slowest tests and the time each layer took.
 test: venv proto proto-check models monitoring-tools
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Prometheus and promtool (Debian's package) for the monitoring tests; installed when missing
 # and running as root (CI), otherwise those tests skip and say how to install them.
@@ -57,9 +57,9 @@ monitoring-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "note: install Prometheus (apt-get install prometheus) to run the monitoring tests"; fi; }
 
-# The unit layer alone: no models, no servers.
+# The unit layer alone: no models, no servers (seconds).
 test-unit: venv proto
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q --durations=5 tests/unit
 
 lint: venv
 	$(PY) -m ruff check services tools tests model_repository

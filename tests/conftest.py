@@ -59,7 +59,7 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_terminal_summary(terminalreporter):
     spent = {layer: seconds for layer, seconds in _layer_seconds.items() if seconds}
     if spent:
-        terminalreporter.write_line("time per layer: " + ", ".join(f"{layer} {seconds:.1f} s"
+        terminalreporter.write_line("time per layer: " + ", ".join(f"{layer} {seconds:.2f} s"
                                                                    for layer, seconds in spent.items()))
 
 

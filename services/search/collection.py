@@ -148,7 +148,7 @@ class MilvusCollection:
                 f"VS_MILVUS_COLLECTION {alias!r} points to collection {current!r}, which was not built for the "
                 f"models Triton serves (detector {models.detector} {models.detector_sha256[:12]}, embedder "
                 f"{models.embedder} {models.embedder_sha256[:12]}; their collection is {wanted!r}). Build it and "
-                f"switch {alias!r} to it without downtime: python -m services.catalog_upgrade (README, "
+                f"switch {alias!r} to it without downtime: python -m services.catalog_upgrade (docs/catalog.md, "
                 "'Upgrading the models'); or set VS_MILVUS_COLLECTION to another name")
         return current
 
@@ -176,7 +176,7 @@ class MilvusCollection:
                 raise BackendUnavailable(f"Milvus could not load collection {self.collection!r} with "
                                          f"VS_MILVUS_REPLICAS={replicas}: {exc.message}") from None
             log.warning("collection loaded with another replica number than VS_MILVUS_REPLICAS; serving it as "
-                        "loaded (README, 'Pointing at a Milvus cluster', says how to change it)",
+                        "loaded (docs/running.md says how to change it)",
                         extra={"collection": self.collection, "replicas_wanted": replicas, "milvus": exc.message})
 
     def tls_arguments(self) -> dict[str, Any]:
@@ -224,7 +224,7 @@ class MilvusCollection:
             raise SchemaMismatch(
                 f"collection {self.collection!r} lacks fields {missing}: it was made by a version without "
                 "incremental imports and cheap stats; set VS_MILVUS_COLLECTION to a new name and re-import the "
-                "catalog into it (docs: README, 'Importing a catalog')")
+                "catalog into it (docs/catalog.md, 'Importing a catalog')")
         dim = int(fields["vector"].get("params", {}).get("dim", 0))
         if dim != self.dimension:
             raise SchemaMismatch(

@@ -1,7 +1,7 @@
 """All search-service settings: environment variables with documented defaults.
 
 Read once at start-up by ``Settings.from_env()``; a bad value stops the process with an
-error naming the variable. README.md ("Configuration") lists the same table.
+error naming the variable. docs/configuration.md lists the same table (a test checks it).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class Settings:
     metrics_port: int = _setting("VS_METRICS_PORT", 9464, "Prometheus /metrics port; 0 disables", int,
                                  lambda v: 0 <= v < 65536)
     log_level: str = _setting("VS_LOG_LEVEL", "INFO", "log level", choices=LOG_LEVELS)
-    # -- security (README "Security") --
+    # -- security (docs/security.md) --
     tls_cert: str = _setting("VS_TLS_CERT", "", "server certificate chain (PEM file); with VS_TLS_KEY the port "
                              "speaks TLS only. Re-read when the file changes")
     tls_key: str = _setting("VS_TLS_KEY", "", "server private key (PEM file)")

@@ -1,12 +1,12 @@
 """The one table of a product's stored fields. It drives the Milvus schema
 (``collection.py``), request validation (``check_product``), the stored row and the match a
 caller reads (``stored_values`` / ``product_values``), the structured filter
-(``filters.py``), the importer's manifest columns (``manifest_values``) and the README's
+(``filters.py``), the importer's manifest columns (``manifest_values``) and docs/api.md's
 "Catalog fields" table.
 
-To add a filterable product field (README, "Adding a product field"): add it to ``Product``
+To add a filterable product field (docs/catalog.md, "Adding a product field"): add it to ``Product``
 (and its filter to ``Filter``) in the proto, and one ``ProductField`` to ``PRODUCT_FIELDS``
-below. Nothing else changes; ``tests/unit/test_product_fields.py`` proves it by adding one.
+below. Nothing else changes; ``tests/integration/test_product_fields.py`` proves it by adding one.
 """
 
 from __future__ import annotations
@@ -159,5 +159,5 @@ def manifest_values(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def writer_limits() -> list[tuple[str, str]]:
-    """(field, rule) as a catalog writer sees them (README "Catalog fields")."""
+    """(field, rule) as a catalog writer sees them (docs/api.md, "Catalog fields")."""
     return [("product_id, image_id", ID_RULE), *((f.name, f.rule) for f in PRODUCT_FIELDS)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from services.search import triton_client as tc
-from services.triton_models.model_args import pipeline_fingerprint
+from services.triton_models.model_args import config_file_parameters, pipeline_fingerprint
 from tests.integration.conftest import REPOSITORY, free_port
 from tests.integration.triton_calls import detect_and_embed, embed_region
 from tools.models.local_pipeline import LocalPipeline
@@ -112,6 +113,13 @@ def test_model_info_reports_the_pipeline_settings_it_serves(client):
     versions = tc.model_versions_from(client.infer(tc.MODEL_INFO, []))
     configs = [REPOSITORY / name / "config.pbtxt" for name in ("preprocess", "postprocess")]
     assert versions.pipeline == pipeline_fingerprint(configs)
+    # what the service (and every response's ModelInfo) learns: Triton's detection settings and the
+    # embedder's measured threshold, from the files Triton serves, not from copies
+    post = config_file_parameters(configs[1])
+    assert versions.detection_score_threshold == float(post["score_threshold"])
+    assert versions.max_detected_objects == int(post["max_objects"])
+    manifest = json.loads((REPOSITORY / "embedder" / "manifest.json").read_text())
+    assert versions.recommended_min_similarity == manifest["quality"]["recommended_min_similarity"] > 0
 
 
 def test_the_whole_photo_is_always_the_last_row(results, photos):

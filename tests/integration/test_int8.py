@@ -50,7 +50,7 @@ def test_int8_embeddings_stay_close_to_float(pipelines, photos):
     # most crops keep their vector; a few unusual ones move more with EfficientNet-Lite0 (its
     # depthwise layers quantize less evenly than ResNet-50's). What that costs in recall, on
     # every box the detector keeps, is measured by `make eval`: the `shipped`, `shipped-float`
-    # and `int8-detector-only` rows of docs/evaluation.md. The worst crop fell from above 0.85 to
+    # and `int8-detector-only` rows of docs/history/evaluation-runs.md. The worst crop fell from above 0.85 to
     # 0.849 when the whitening learned from cut-out pairs too (it stretches directions of small
     # variance, where quantization noise lives) while INT8's cost on `make eval` stayed at
     # 0.2 points of scene recall@1.

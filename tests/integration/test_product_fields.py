@@ -1,4 +1,4 @@
-"""The README recipe for a new filterable product field, followed in a test: the proto gets the
+"""The docs/catalog.md recipe for a new filterable product field, followed in a test: the proto gets the
 field (and its filter), ``PRODUCT_FIELDS`` gets one entry, and nothing else changes. Then the
 field is validated, stored in a real Milvus Lite collection, filtered on, returned with
 matches and read from an importer manifest."""

@@ -59,6 +59,21 @@ def test_a_reshot_photo_finds_its_product_at_rank_1(service, catalog, photos, na
     assert response.models.embedding_dimension == embedder["serving"]["output"]["shape"][0]
 
 
+def test_the_recommended_similarity_reaches_callers_and_applies_when_asked(service, catalog, photos):
+    _, embedder = repository.installed("embedder")
+    recommended = embedder["quality"]["recommended_min_similarity"]
+    # a photo of nothing in the catalog: its weakest matches lie below the recommended floor
+    plain = encode(photos["rocket"].pixels)
+    every = search(service, plain, top_k=20)
+    assert every.models.recommended_min_similarity == pytest.approx(recommended)
+    assert every.models.max_detected_objects > 0 and every.models.detection_score_threshold > 0
+    assert any(m.similarity < recommended for g in every.objects for m in g.matches)
+    floored = search(service, plain, top_k=20, use_recommended_min_similarity=True)
+    kept = [m.similarity for g in floored.objects for m in g.matches] + [m.similarity for m in floored.products]
+    assert all(s >= recommended for s in kept)
+    assert len(kept) < sum(len(g.matches) for g in every.objects) + len(every.products)
+
+
 def test_a_photo_with_two_catalog_objects_returns_two_groups_each_finding_its_product(service, catalog, photos):
     photo = side_by_side(photos["cat"].pixels, photos["coffee"].pixels)
     response = search(service, encode(photo), top_k=3)

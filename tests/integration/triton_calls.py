@@ -18,5 +18,5 @@ def detect_and_embed(client: grpcclient.InferenceServerClient, data: bytes) -> d
 
 
 def embed_region(client: grpcclient.InferenceServerClient, data: bytes, region) -> dict[str, np.ndarray]:
-    embeddings, boxes = tc.region_from(client.infer(*tc.region_request(data, tuple(region))))
-    return {tc.EMBEDDINGS: embeddings, tc.BOXES: boxes}
+    row = tc.region_from(client.infer(*tc.region_request(data, tuple(region))), "region")
+    return {tc.EMBEDDINGS: row.embeddings, tc.BOXES: row.boxes}

@@ -1,4 +1,4 @@
-"""Settings: defaults, validation naming the variable, and the README table matching the code."""
+"""Settings: defaults, validation naming the variable, and the docs table matching the code."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Write path / raw insert: **{result['ratio_to_raw']:.0%}**. Unchanged re-import: "
         f"{result['unchanged_reimport_fraction']:.0%} of the first import's time here, with "
         f"{path['triton_calls_unchanged']} Triton calls (first import: {path['triton_calls_first']}); against "
-        "a first import that also embeds on a CPU pod (~0.25 s per image), see the README "
+        "a first import that also embeds on a CPU pod (~0.25 s per image), see docs/catalog.md "
         "('Incremental sync'; `make eval` times it).",
         "", f"`GetCatalogStats` at {path['stats']['vectors']} vectors: {path['stats_s'] * 1000:.0f} ms "
         f"({path['stats']})."]

@@ -312,9 +312,28 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     return result
 
 
-def write_markdown(path: Path, data: dict) -> None:
+def current(data: dict) -> dict:
+    """The figures of today's code: the last run that measured the shipped default, its variants only
+    (earlier runs measured code that has changed since; docs/history keeps them)."""
+    run = next(r for r in reversed(data["runs"]) if "shipped" in r["variants"])
+    return {**data, "runs": [run], "results": [r for r in data["results"] if r["variant"] in run["variants"]]}
+
+
+def write_reports(path: Path, history: Path, data: dict) -> None:
+    """``path``: today's figures (docs/evaluation.md); ``history``: every variant ever merged, with
+    every run's machine and command (docs/history/evaluation-runs.md)."""
+    write_markdown(path, current(data), "Search quality (`make eval`): today's figures",
+                   "Every earlier run and variant: docs/history/evaluation-runs.md.")
+    write_markdown(history, data, "Every `make eval` run and variant (history)",
+                   "Rows measured code that has changed since (the run log says when); today's figures are in "
+                   "docs/evaluation.md.")
+
+
+def write_markdown(path: Path, data: dict, title: str, note: str) -> None:
     lines = [
-        "# Search quality (`make eval`)",
+        f"# {title}",
+        "",
+        note,
         "",
         *[f"Machine: {run['machine']}. Command: `{run['command']}` ({run['minutes']:.0f} min; "
           f"{', '.join(run['variants'])})." for run in data["runs"]],
@@ -380,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--work", type=Path, default=BUILD / "eval")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
+    parser.add_argument("--history", type=Path, default=ROOT / "docs" / "history" / "evaluation-runs.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "evaluation" / "results.json")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other variants' results of --json (same set) and replace these")
@@ -417,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.work / "answers.json").write_text(json.dumps({r["variant"]: r.pop("answers", []) for r in results}))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=1))
-    write_markdown(args.out, data)
+    write_reports(args.out, args.history, data)
     print(args.out.read_text())
     return 0
 

