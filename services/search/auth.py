@@ -106,11 +106,20 @@ def peer_host(context: grpc.aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-class Guard:
-    """Authentication and per-method authorization; no policy = every caller has every role."""
+def plaintext(context: grpc.aio.ServicerContext) -> bool:
+    """The call came over a connection without TLS."""
+    auth = context.auth_context() or {}
+    return auth.get("transport_security_type", [b"insecure"])[0] != b"ssl"
 
-    def __init__(self, policy_path: str) -> None:
+
+class Guard:
+    """Authentication and per-method authorization; no policy = every caller has every role.
+    A bearer token that arrives without TLS is refused unless ``allow_plaintext_tokens`` (a
+    mesh terminates TLS in front of the pod)."""
+
+    def __init__(self, policy_path: str, allow_plaintext_tokens: bool = False) -> None:
         self.path = Path(policy_path) if policy_path else None
+        self.allow_plaintext_tokens = allow_plaintext_tokens
         self._stamp: tuple[int, int] | None = None
         self._policy: Policy | None = None
         if self.path:
@@ -143,6 +152,9 @@ class Guard:
         policy = self._policy
         token = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
         if token is not None:
+            if not self.allow_plaintext_tokens and plaintext(context):
+                raise Unauthenticated("bearer tokens are refused over plaintext: connect with TLS (the token was sent "
+                                      "in clear; rotate it if the network is not trusted)")
             if not token.lower().startswith(BEARER):
                 raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
             digest = token_digest(token[len(BEARER):].strip())

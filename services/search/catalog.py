@@ -206,7 +206,6 @@ class Catalog:
     async def import_products(self, requests: AsyncIterator[pb.ImportProductsRequest],
                               remaining: Remaining) -> pb.ImportProductsResponse:
         models = self.backends.ready()
-        store = self.backends.store
         limiter = asyncio.Semaphore(self.settings.import_concurrency)
         call = _Call()
         try:
@@ -219,34 +218,49 @@ class Catalog:
                     call.room.clear()
                     await call.room.wait()
                 await self._write_done(call, final=False)
-        except ServiceError:
+        except ServiceError as exc:
             # The stream broke off: finish the products already received (each is written
-            # whole or not at all), then report the stream's error.
+            # whole or not at all), make them searchable, then report the stream's error with
+            # what was written (the audit line records it).
             await asyncio.gather(*call.tasks, return_exceptions=True)
             await self._write_done(call, final=True)
+            exc.partial = self._response(call)
+            await self._settle(call.written)
             raise
         await asyncio.gather(*call.tasks)
         await self._write_done(call, final=True)
-        written = call.written
-        response = pb.ImportProductsResponse()
-        for task in call.tasks:
-            statuses = task.result().statuses
-            response.items.extend(statuses)
-            ok = [s for s in statuses if s.status.code == 0]
-            response.products_imported += 1 if ok else 0
-            response.vectors_written += sum(s.vectors for s in ok)
-            response.images_failed += len(statuses) - len(ok)
-        if written:
-            async with self._locks.hold(written):
-                await timed(metrics.MILVUS_SECONDS.labels("flush"), asyncio.to_thread(store.seal), None)
-        if written:
-            await timed(metrics.MILVUS_SECONDS.labels("wait_visible"), self._visible_writes.submit(written), None)
+        response = self._response(call)
+        await self._settle(call.written)
         down = [s for s in response.items if s.status.code == BackendUnavailable.code.value[0]]
         if down:
             raise BackendUnavailable(
                 f"{len(down)} of {len(response.items)} images were not imported because a backend is down "
                 f"({down[0].status.message}); the import is idempotent, retry it")
         return response
+
+    @staticmethod
+    def _response(call: _Call) -> pb.ImportProductsResponse:
+        """The statuses and counts of the products a call prepared (failed preparations count
+        nothing)."""
+        response = pb.ImportProductsResponse()
+        for task in call.tasks:
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                continue
+            statuses = task.result().statuses
+            response.items.extend(statuses)
+            ok = [s for s in statuses if s.status.code == 0]
+            response.products_imported += 1 if ok else 0
+            response.vectors_written += sum(s.vectors for s in ok)
+            response.images_failed += len(statuses) - len(ok)
+        return response
+
+    async def _settle(self, written: dict[str, set[str]]) -> None:
+        """Seal what a call wrote (Milvus Lite) and wait until searches see it."""
+        if not written:
+            return
+        async with self._locks.hold(written):
+            await timed(metrics.MILVUS_SECONDS.labels("flush"), asyncio.to_thread(self.backends.store.seal), None)
+        await timed(metrics.MILVUS_SECONDS.labels("wait_visible"), self._visible_writes.submit(written), None)
 
     async def delete_products(self, req: pb.DeleteProductsRequest) -> pb.DeleteProductsResponse:
         self.backends.ready()

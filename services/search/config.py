@@ -120,6 +120,12 @@ class Settings:
                                 "empty = no authorization (every caller may call every method)")
     reflection: str = _setting("VS_REFLECTION", "on", "server reflection: on, search (hides the Catalog API) or off",
                                choices=REFLECTION_MODES)
+    token_listen: str = _setting("VS_TOKEN_LISTEN", "", "extra host:port speaking TLS without client certificates, "
+                                 "for callers with a bearer token when VS_LISTEN requires a client certificate "
+                                 "(VS_TLS_CLIENT_CA); empty = none")
+    allow_plaintext_tokens: bool = _setting("VS_ALLOW_PLAINTEXT_TOKENS", False,
+                                            "accept bearer tokens on a plaintext port: only behind a service mesh "
+                                            "that terminates TLS in front of the pod (logged at start)", _flag)
     health_listen: str = _setting("VS_HEALTH_LISTEN", "", "extra plaintext host:port serving only grpc.health.v1 "
                                   "(Kubernetes gRPC probes cannot speak TLS); empty = none")
     max_in_flight_per_caller: int = _setting("VS_MAX_IN_FLIGHT_PER_CALLER", 32,
@@ -184,7 +190,7 @@ class Settings:
 
     def validate(self, check_files: bool = True) -> None:
         values = {f.metadata["env"]: getattr(self, f.name) for f in fields(self)}
-        for env in ("VS_LISTEN", "VS_HEALTH_LISTEN"):
+        for env in ("VS_LISTEN", "VS_HEALTH_LISTEN", "VS_TOKEN_LISTEN"):
             host, _, port = values[env].rpartition(":")
             if values[env] and (not host or not port.isdigit()):
                 raise ConfigError(f"{env}={values[env]!r}: expected host:port")
@@ -206,6 +212,13 @@ class Settings:
                 raise ConfigError(f"{given[0]} is set but {(set(pair) - set(given)).pop()} is not: both are needed")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("VS_TLS_CLIENT_CA needs VS_TLS_CERT and VS_TLS_KEY (mutual TLS is TLS first)")
+        if self.auth_policy and not self.tls and not self.allow_plaintext_tokens:
+            raise ConfigError("VS_AUTH_POLICY is set but the port is plaintext (no VS_TLS_CERT / VS_TLS_KEY): bearer "
+                              "tokens would cross the network in clear. Set VS_TLS_CERT and VS_TLS_KEY, or "
+                              "VS_ALLOW_PLAINTEXT_TOKENS=true where a service mesh terminates TLS in front of the pod")
+        if self.token_listen and not self.tls_client_ca:
+            raise ConfigError("VS_TOKEN_LISTEN needs VS_TLS_CERT, VS_TLS_KEY and VS_TLS_CLIENT_CA (without a client "
+                              "CA, VS_LISTEN already takes callers with a token)")
         for env, path in values.items() if check_files else ():
             if (env.endswith(("_CERT", "_KEY", "_CA")) or env == "VS_AUTH_POLICY") and path \
                     and not os.path.isfile(path):

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 
 class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # What the call did before it failed (e.g. an import cut by its idle limit: the response of
+    # the products it wrote), for the audit line; None when nothing.
+    partial: Any = None
 
 
 class InvalidInput(ServiceError):

@@ -61,7 +61,7 @@ def failed(outcome: Outcome, exc: BaseException) -> None:
     """Record the status a failure becomes, logging what an operator should see (bad input is
     the caller's business; anything unexpected is logged with its traceback)."""
     if isinstance(exc, ServiceError):
-        outcome.code, outcome.message = exc.code, str(exc)
+        outcome.code, outcome.message, outcome.response = exc.code, str(exc), exc.partial
         if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
             log.warning("request failed", extra={"method": outcome.method, "code": exc.code.name,
                                                  "error": outcome.message,

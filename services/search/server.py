@@ -160,7 +160,7 @@ class SearchServer:
         self.backends = backends or Backends(TritonClient.from_settings(settings), MilvusStore(settings))
         self.admission = Admission(settings.max_in_flight,
                                    min(settings.max_in_flight_per_caller, settings.max_in_flight))
-        self.guard = Guard(settings.auth_policy)
+        self.guard = Guard(settings.auth_policy, settings.allow_plaintext_tokens)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.stopping = False
@@ -172,7 +172,7 @@ class SearchServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         advertised = {"on": SERVICE_NAMES, "search": SERVICE_NAMES[:1], "off": []}[settings.reflection]
         if advertised:
-            reflection.enable(self.server, [*advertised, health.SERVICE_NAME, reflection.SERVICE_NAME])
+            reflection.enable(self.server, [*advertised, health.SERVICE_NAME, reflection.SERVICE_NAME], SERVICE_NAMES)
         credentials = server_credentials(settings)
         if credentials is None:
             self.port = self.server.add_insecure_port(settings.listen)
@@ -180,6 +180,11 @@ class SearchServer:
             self.port = self.server.add_secure_port(settings.listen, credentials)
         if self.port == 0:
             raise ConfigError(f"VS_LISTEN={settings.listen!r}: cannot bind")
+        self.token_port: int | None = None
+        if settings.token_listen:  # TLS without client certificates: token callers beside certificate ones
+            self.token_port = self.server.add_secure_port(settings.token_listen, server_credentials(settings, False))
+            if self.token_port == 0:
+                raise ConfigError(f"VS_TOKEN_LISTEN={settings.token_listen!r}: cannot bind")
         self.health_server: grpc.aio.Server | None = None
         if settings.health_listen:
             self.health_server = grpc.aio.server()
@@ -211,11 +216,17 @@ class SearchServer:
 
     async def _health_loop(self) -> None:
         while not self.stopping:
-            await asyncio.sleep(self.settings.health_interval_s)
+            # Not serving: probe every second, so a returning dependency is back in rotation at once.
+            await asyncio.sleep(self.settings.health_interval_s if self.serving
+                                else min(1.0, self.settings.health_interval_s))
             if not self.stopping:
                 await self.check_dependencies()
 
     async def start(self) -> None:
+        if self.settings.allow_plaintext_tokens and not self.settings.tls:
+            log.warning("VS_ALLOW_PLAINTEXT_TOKENS: bearer tokens are accepted WITHOUT TLS on this port; safe only "
+                        "where a service mesh terminates TLS in front of the pod",
+                        extra={"address": self.settings.listen})
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_health(False)
         await self.server.start()
@@ -224,6 +235,7 @@ class SearchServer:
         log.info("listening", extra={"address": self.settings.listen, "port": self.port, "tls": self.settings.tls,
                                      "mutual_tls": bool(self.settings.tls_client_ca),
                                      "authorization": bool(self.settings.auth_policy),
+                                     "token_port": self.token_port,
                                      "triton": self.settings.triton_url, "milvus": self.settings.milvus_uri})
         await self.check_dependencies()
         self._health_task = asyncio.create_task(self._health_loop())

@@ -63,8 +63,11 @@ class ServerCertificates:
             return configuration
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS (mutual when VS_TLS_CLIENT_CA is set) or None for plaintext."""
+def server_credentials(settings: Settings, client_certificates: bool = True) -> grpc.ServerCredentials | None:
+    """TLS (mutual when VS_TLS_CLIENT_CA is set, unless ``client_certificates`` is False) or None
+    for plaintext. gRPC Python either requires a client certificate or never asks for one, so
+    certificate and token callers need a port each when a client CA is set (VS_TOKEN_LISTEN)."""
     if not settings.tls:
         return None
-    return ServerCertificates(settings.tls_cert, settings.tls_key, settings.tls_client_ca).credentials()
+    client_ca = settings.tls_client_ca if client_certificates else ""
+    return ServerCertificates(settings.tls_cert, settings.tls_key, client_ca).credentials()

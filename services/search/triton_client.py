@@ -53,6 +53,11 @@ def _tiny_png() -> bytes:
 
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's, before the model's own message
 PROBE_IMAGE = _tiny_png()  # readiness: a real inference (a model can report ready with a dead stub)
+# gRPC's reconnect backoff grows to 120 s by default: after a long Triton outage the channel
+# would wait up to two minutes before trying the Triton that is back. Capped at 1 s, a returning
+# Triton is used within about a second (a dead one costs a connection attempt per second).
+RECONNECT_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 def detect_request(image: bytes) -> tuple[str, list[InferInput]]:
@@ -115,7 +120,8 @@ class TritonClient:
         self.default_timeout_s = default_timeout_s
         # round_robin: with a dns:/// target over a headless Service, each call goes to the
         # next Triton pod instead of pinning one HTTP/2 connection to one pod.
-        channel_args = [*message_size_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
+        channel_args = [*message_size_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin"),
+                        *RECONNECT_BACKOFF]
         tls = {"ssl": True, "root_certificates": tls_ca, "private_key": tls_key or None,
                "certificate_chain": tls_cert or None} if tls_ca else {}
         self._client = triton_aio.InferenceServerClient(url, channel_args=channel_args, **tls)

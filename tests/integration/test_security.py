@@ -66,11 +66,14 @@ def mtls_service(triton, pki, tmp_path_factory):
     """Mutual TLS + the policy; one request in flight per caller; imports idle out after 2 s."""
     folder, ca, issued = pki
     tmp = tmp_path_factory.mktemp("mtls")
+    token_port = free_port()
     svc = ServiceProcess(triton.grpc_url, str(tmp / "catalog.db"), tmp / "service.log",
                          security=client(pki, "importer"),
                          VS_TLS_CERT=str(issued["server"].cert), VS_TLS_KEY=str(issued["server"].key),
                          VS_TLS_CLIENT_CA=str(ca.cert), VS_AUTH_POLICY=str(folder / "policy.json"),
+                         VS_TOKEN_LISTEN=f"127.0.0.1:{token_port}",
                          VS_MAX_IN_FLIGHT_PER_CALLER="1", VS_IMPORT_IDLE_TIMEOUT_S="2").start()
+    svc.token_address = f"127.0.0.1:{token_port}"
     yield svc
     svc.stop()
 
@@ -126,6 +129,33 @@ def test_the_mutual_tls_port_refuses_clients_without_a_valid_certificate(mtls_se
     with pytest.raises(grpc.RpcError) as err:
         search.SearchByImage(pb.SearchByImageRequest(image=b"x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificate_and_token_callers_both_reach_one_deployment(mtls_service, imported, pki, photos):
+    """gRPC Python cannot ask for a client certificate without requiring one, so token callers
+    have their own TLS port (VS_TOKEN_LISTEN) beside the mutual TLS one."""
+    image = encode(photos["cat"].pixels)
+    with client(pki, token="web.token").channel(mtls_service.token_address) as channel:  # the CA and a token
+        found = pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image, top_k=1),
+                                                                timeout=60)
+    assert found.products[0].product_id == "cat"
+    with client(pki, "web").channel(mtls_service.address) as channel:  # a certificate, no token
+        found = pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image, top_k=1),
+                                                                timeout=60)
+    assert found.products[0].product_id == "cat"
+    with client(pki, "web").channel(mtls_service.token_address) as channel:  # no certificate is asked for there
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image), timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_token_policy_without_tls_refuses_to_start(triton, pki, tmp_path):
+    folder, _ca, _issued = pki
+    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "catalog.db"), tmp_path / "service.log",
+                         VS_AUTH_POLICY=str(folder / "policy.json"))
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        svc.start()
+    assert "VS_AUTH_POLICY is set but the port is plaintext" in svc.log_path.read_text()
 
 
 def test_a_search_only_caller_cannot_delete_and_nothing_changes(mtls_service, imported, pki):

@@ -41,7 +41,7 @@ def test_bad_settings_name_the_variable(env, fragment):
 def test_the_configuration_page_documents_every_setting_with_its_default():
     page = (ROOT / "docs" / "configuration.md").read_text()
     for env, default, _help in documented_settings():
-        assert f"| `{env}` | {default or '(empty)'} |" in page, env
+        assert f"| `{env}` | {default or '(empty)'} |" in page, f"{env}: run python -m tools.settings_table"
 
 
 def test_the_api_page_documents_every_catalog_field_limit():

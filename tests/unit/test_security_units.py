@@ -24,14 +24,16 @@ from tests.unit.fakes import objects, unit
 class Context:
     """What Guard reads from a grpc.aio.ServicerContext."""
 
-    def __init__(self, metadata=(), certificate: str | None = None, peer: str = "ipv4:10.1.2.3:50123"):
-        self.metadata, self.certificate, self._peer = tuple(metadata), certificate, peer
+    def __init__(self, metadata=(), certificate: str | None = None, peer: str = "ipv4:10.1.2.3:50123",
+                 tls: bool = True):
+        self.metadata, self.certificate, self._peer, self.tls = tuple(metadata), certificate, peer, tls
 
     def invocation_metadata(self):
         return self.metadata
 
     def auth_context(self):
-        return {"x509_common_name": [self.certificate.encode()]} if self.certificate else {}
+        context = {"transport_security_type": [b"ssl" if self.tls else b"insecure"]}
+        return {**context, "x509_common_name": [self.certificate.encode()]} if self.certificate else context
 
     def peer(self):
         return self._peer
@@ -66,6 +68,13 @@ def test_tokens_and_certificates_map_to_callers_and_roles(policy_file):
 def test_missing_or_wrong_credentials_are_unauthenticated(policy_file, context, fragment):
     with pytest.raises(Unauthenticated, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         Guard(str(policy_file)).caller(context)
+
+
+def test_a_token_without_tls_is_refused_unless_a_mesh_terminates_tls(policy_file):
+    plaintext = Context([("authorization", "Bearer t-web")], tls=False)
+    with pytest.raises(Unauthenticated, match="bearer tokens are refused over plaintext"):
+        Guard(str(policy_file)).caller(plaintext)
+    assert Guard(str(policy_file), allow_plaintext_tokens=True).caller(plaintext).name == "web"
 
 
 def test_a_verified_certificate_the_policy_does_not_name_has_no_role(policy_file):
@@ -185,7 +194,10 @@ def test_products_past_the_per_call_cap_are_refused(settings, backends, fake_tri
     ({"VS_TLS_CERT": "{f}", "VS_TLS_KEY": "/nonexistent.pem"}, "VS_TLS_KEY='/nonexistent.pem': no such file"),
     ({"VS_TLS_CLIENT_CA": "{f}"}, "VS_TLS_CLIENT_CA needs VS_TLS_CERT"),
     ({"VS_TRITON_TLS_KEY": "{f}"}, "VS_TRITON_TLS_KEY is set but VS_TRITON_TLS_CERT is not"),
-    ({"VS_AUTH_POLICY": "/nonexistent.json"}, "VS_AUTH_POLICY='/nonexistent.json': no such file"),
+    ({"VS_AUTH_POLICY": "/nonexistent.json", "VS_ALLOW_PLAINTEXT_TOKENS": "true"},
+     "VS_AUTH_POLICY='/nonexistent.json': no such file"),
+    ({"VS_AUTH_POLICY": "{f}"}, "VS_AUTH_POLICY is set but the port is plaintext"),
+    ({"VS_TOKEN_LISTEN": "0.0.0.0:50053"}, "VS_TOKEN_LISTEN needs VS_TLS_CERT, VS_TLS_KEY and VS_TLS_CLIENT_CA"),
     ({"VS_MAX_IN_FLIGHT_PER_CALLER": "0"}, "VS_MAX_IN_FLIGHT_PER_CALLER='0': out of range"),
     ({"VS_REFLECTION": "maybe"}, "VS_REFLECTION='maybe': must be one of on, search, off"),
 ])
