@@ -128,6 +128,10 @@ class Settings:
                                             "that terminates TLS in front of the pod (logged at start)", _flag)
     health_listen: str = _setting("VS_HEALTH_LISTEN", "", "extra plaintext host:port serving only grpc.health.v1 "
                                   "(Kubernetes gRPC probes cannot speak TLS); empty = none")
+    max_writes_in_flight: int = _setting("VS_MAX_WRITES_IN_FLIGHT", 16,
+                                         "catalog writes (ImportProducts, DeleteProducts) handled at once; below "
+                                         "VS_MAX_IN_FLIGHT, so import streams never take the slots searches need",
+                                         int, _positive)
     max_in_flight_per_caller: int = _setting("VS_MAX_IN_FLIGHT_PER_CALLER", 32,
                                              "requests one caller (identity, or peer address without "
                                              "authorization) may have in flight; at most VS_MAX_IN_FLIGHT",
@@ -196,6 +200,9 @@ class Settings:
                 raise ConfigError(f"{env}={values[env]!r}: expected host:port")
         if self.max_image_bytes + 1024 > self.max_message_bytes:
             raise ConfigError("VS_MAX_MESSAGE_BYTES must exceed VS_MAX_IMAGE_BYTES (a request carries the image)")
+        if self.max_writes_in_flight >= self.max_in_flight:
+            raise ConfigError(f"VS_MAX_WRITES_IN_FLIGHT ({self.max_writes_in_flight}) must be below VS_MAX_IN_FLIGHT "
+                              f"({self.max_in_flight}): the difference is kept for searches")
         if self.default_top_k > self.max_top_k:
             raise ConfigError("VS_DEFAULT_TOP_K must not exceed VS_MAX_TOP_K")
         if not self.milvus_collection.replace("_", "a").isalnum():

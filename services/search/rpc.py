@@ -48,13 +48,14 @@ def identify(guard: Guard, context: grpc.aio.ServicerContext, role: str, outcome
 
 
 @contextmanager
-def admitted(admission: Admission, caller: Caller) -> Iterator[None]:
-    """One in-flight slot for the call (RESOURCE_EXHAUSTED when none is free)."""
-    admission.enter(caller.name)
+def admitted(admission: Admission, caller: Caller, write: bool = False) -> Iterator[None]:
+    """One in-flight slot for the call, a write slot too for a catalog write (RESOURCE_EXHAUSTED
+    when none is free)."""
+    admission.enter(caller.name, write)
     try:
         yield
     finally:
-        admission.leave(caller.name)
+        admission.leave(caller.name, write)
 
 
 def failed(outcome: Outcome, exc: BaseException) -> None:

@@ -58,7 +58,7 @@ def handler(method: str, role: str, audit: rpc.Audit | None = None) -> Callable:
             outcome = rpc.Outcome(method)
             try:
                 caller = rpc.identify(self.guard, context, role, outcome)
-                with rpc.admitted(self.admission, caller):
+                with rpc.admitted(self.admission, caller, write=role == CATALOG_WRITE):
                     outcome.response = await fn(self, request, context)
                 return outcome.response
             except grpc.aio.AbortError:
@@ -159,7 +159,8 @@ class SearchServer:
         self.server = grpc.aio.server(options=server_options(settings))
         self.backends = backends or Backends(TritonClient.from_settings(settings), MilvusStore(settings))
         self.admission = Admission(settings.max_in_flight,
-                                   min(settings.max_in_flight_per_caller, settings.max_in_flight))
+                                   min(settings.max_in_flight_per_caller, settings.max_in_flight),
+                                   settings.max_writes_in_flight)
         self.guard = Guard(settings.auth_policy, settings.allow_plaintext_tokens)
         self.health = health.aio.HealthServicer()
         self.serving = False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -296,7 +298,8 @@ def test_metrics_are_exported(service, catalog):
 
 
 def test_past_the_in_flight_limit_callers_get_resource_exhausted(triton, tmp_path, photos):
-    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "c.db"), tmp_path / "s.log", VS_MAX_IN_FLIGHT="1").start()
+    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "c.db"), tmp_path / "s.log", VS_MAX_IN_FLIGHT="2",
+                         VS_MAX_WRITES_IN_FLIGHT="1").start()
     try:
         image = encode(np.asarray(photos["astronaut"].pixels))
 
@@ -323,3 +326,43 @@ def test_phone_photo_formats_find_their_product(service, catalog, photos, fmt, o
     assert cups and top_product(cups[0]) == product_for("coffee")
     height, width = shot.shape[:2]
     assert all(g.box.x_max <= width + 1 and g.box.y_max <= height + 1 for g in response.objects)  # upright pixels
+
+
+def test_idle_import_streams_holding_every_write_slot_never_starve_searches(triton, tmp_path, photos):
+    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "c.db"), tmp_path / "s.log", VS_MAX_IN_FLIGHT="4",
+                         VS_MAX_WRITES_IN_FLIGHT="2", VS_MAX_IN_FLIGHT_PER_CALLER="4",
+                         VS_IMPORT_IDLE_TIMEOUT_S="20").start()
+    release = threading.Event()
+
+    def idle_stream():
+        yield import_requests(photos)[0]
+        release.wait(30)  # then idles, holding its write slot
+
+    def hold() -> grpc.StatusCode:
+        try:
+            svc.catalog.ImportProducts(idle_stream(), timeout=60)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            holders = [pool.submit(hold) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while True:  # both streams admitted: a third write is refused
+                try:
+                    svc.catalog.DeleteProducts(pb.DeleteProductsRequest(product_ids=["none"]), timeout=10)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+                    assert "VS_MAX_WRITES_IN_FLIGHT" in exc.details()
+                    break
+                assert time.monotonic() < deadline, "the idle streams never took the write slots"
+                time.sleep(0.2)
+            image = encode(photos["coffee"].pixels)
+            for _ in range(3):  # searches still get the slots kept for them
+                assert svc.search.SearchByImage(pb.SearchByImageRequest(image=image), timeout=60).objects
+            release.set()
+            assert [h.result() for h in holders] == [grpc.StatusCode.OK] * 2
+    finally:
+        release.set()
+        svc.stop()

@@ -32,6 +32,7 @@ def test_defaults_are_valid():
     ({"VS_MILVUS_SHARDS": "2"}, "VS_MILVUS_SHARDS=2: Milvus Lite"),
     ({"VS_MILVUS_SHARDS": "0", "VS_MILVUS_URI": "http://milvus:19530"}, "VS_MILVUS_SHARDS='0': out of range"),
     ({"VS_LISTED_DETECTION_SCORE": "1.5"}, "VS_LISTED_DETECTION_SCORE='1.5': out of range"),
+    ({"VS_MAX_IN_FLIGHT": "16"}, "VS_MAX_WRITES_IN_FLIGHT \\(16\\) must be below VS_MAX_IN_FLIGHT \\(16\\)"),
 ])
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -76,3 +76,14 @@ def test_audit_line_says_who_did_what():
     line = rpc.audit_line(outcome, "ipv4:10.0.0.9:1", {"ids": 2}, lambda request, _response: dict(request))
     assert line["audit"] and line["caller"] == "importer" and line["credential"] == "certificate"
     assert line["code"] == "OK" and line["ids"] == 2 and line["peer"] == "ipv4:10.0.0.9:1"
+
+
+def test_catalog_writes_have_their_own_limit_below_the_total():
+    admission = Admission(limit=3, per_caller=3, write_limit=1)
+    importer, shop = Caller("importer", frozenset(), "token"), Caller("shop", frozenset(), "token")
+    with rpc.admitted(admission, importer, write=True):
+        with pytest.raises(Overloaded, match="VS_MAX_WRITES_IN_FLIGHT"), rpc.admitted(admission, importer, write=True):
+            pass
+        with rpc.admitted(admission, shop), rpc.admitted(admission, shop):  # the slots kept for searches
+            assert (admission.in_flight, admission.writes) == (3, 1)
+    assert (admission.in_flight, admission.writes) == (0, 0)
