@@ -85,8 +85,10 @@ def searched(found: Objects, min_detection_score: float, max_objects: int, skip_
 def listed(rows: Objects, listed_detection_score: float) -> np.ndarray:
     """Which searched rows feed the product list: the whole photo, a region, and detected
     objects from ``listed_detection_score`` (fainter boxes are mostly background: their chance
-    matches would push the photographed product down the list)."""
-    return ~rows.detected | (rows.scores >= listed_detection_score)
+    matches would push the photographed product down the list). When none is (the caller
+    skipped the whole photo and every box is faint), every row is."""
+    chosen = ~rows.detected | (rows.scores >= listed_detection_score)
+    return chosen if chosen.any() else np.ones(len(rows), bool)
 
 
 def stored(found: Objects, confident_detection_score: float, store_whole_image: bool) -> Objects:

@@ -61,8 +61,6 @@ class Search:
                                          detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]))
             group.matches.extend(collapse(object_hits, query.top_k, min_similarity))
         in_list = objects.listed(rows, self.settings.listed_detection_score)
-        if not in_list.any():  # the whole photo skipped and every box faint: list them all
-            in_list[:] = True
         response.products.extend(collapse([h for i, group in enumerate(hits) if in_list[i] for h in group],
                                           query.top_k, min_similarity))
         return response

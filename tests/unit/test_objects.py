@@ -35,6 +35,8 @@ def test_a_search_keeps_boxes_from_the_requested_score_best_first_then_the_whole
 def test_the_list_takes_the_whole_photo_a_region_and_boxes_from_the_listed_score():
     rows, _ = objects.searched(photo(), 0.0, 0, False)
     assert objects.listed(rows, 0.005).tolist() == [True, True, False, True]
+    faint_only, _ = objects.searched(photo(), 0.0, 0, True)  # the whole photo skipped
+    assert objects.listed(faint_only, 0.95).tolist() == [True, True, True]  # none qualifies: all are listed
     region = objects.single(np.array([1, 2, 3, 4]), unit(1, 1, 0, 0), REGION_LABEL)
     assert objects.listed(region, 0.5).tolist() == [True] and not region.whole[0]
 
