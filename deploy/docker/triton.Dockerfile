@@ -3,8 +3,9 @@
 # the cpu repository (onnxruntime in the Python backend).
 #   docker build -f deploy/docker/triton.Dockerfile -t registry.example.com/visualsearch/triton:24.10-0.1.0 .
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
-# numpy < 2: with numpy 2 the Python backend silently returns empty tensors.
-RUN pip install --no-cache-dir numpy==1.26.4 pillow==13.0.0 pillow-heif==1.8.1 onnxruntime==1.20.1
+# requirements/triton-image.txt: resolved for the image's Python 3.10 (a test checks).
+COPY requirements/triton-image.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
 # The Python models (model_repository/*/1/model.py) import services.triton_models.
 COPY services/__init__.py services/domain.py /opt/visualsearch/services/
 COPY services/triton_models /opt/visualsearch/services/triton_models

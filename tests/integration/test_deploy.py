@@ -19,11 +19,13 @@ from services.search.config import Settings, documented_settings
 from services.search.server import LIVENESS_SERVICE
 from services.search.triton_client import DETECT_ENSEMBLE
 from tests.conftest import ROOT
+from tests.dockerfiles import copied_sources
 from tests.integration.manifests import DEPLOY, by_kind, named, render
 from tools.models import repository
 
 OVERLAYS = ("gpu", "cpu")
 KUBERNETES_VERSION = "1.32.0"
+OLDEST_KUBERNETES = "1.30.0"  # deploy/README.md's "Kubernetes 1.30+" (preStop sleep is 1.30's)
 TRITON_RELEASE = "24.10"  # Triton 2.51.0, the server the tests run (nvidia-pytriton 0.7.0)
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Milvus", "Certificate"}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -41,16 +43,22 @@ def containers(objects, init: bool = False):
             yield workload, container
 
 
-def test_every_object_is_valid_against_the_kubernetes_schemas(objects):
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, KUBERNETES_VERSION])
+def test_every_object_is_valid_against_the_kubernetes_schemas(objects, version):
     checked = 0
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
             assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "milvus.io/v1beta1", "cert-manager.io/v1"), \
                 obj["kind"]
             continue
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
     assert checked >= 15
+
+
+def test_the_readme_states_the_oldest_kubernetes_the_schemas_are_checked_at():
+    oldest = ".".join(OLDEST_KUBERNETES.split(".")[:2])
+    assert f"Kubernetes {oldest}+" in (DEPLOY / "README.md").read_text()
 
 
 def test_every_container_has_requests_limits_and_probes(objects):
@@ -124,7 +132,7 @@ def test_gpu_overlay_puts_triton_on_gpu_nodes_with_the_canonical_repository():
 def test_triton_image_matches_the_tested_server_release():
     dockerfile = (DEPLOY / "docker" / "triton.Dockerfile").read_text()
     assert f"FROM nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3" in dockerfile
-    assert "numpy==1." in dockerfile
+    assert "numpy==1." in (ROOT / "requirements" / "triton-image.txt").read_text()  # numpy 2 empties outputs
 
 
 def test_manifest_settings_ports_and_metrics_match_the_code(objects):
@@ -135,11 +143,18 @@ def test_manifest_settings_ports_and_metrics_match_the_code(objects):
     settings = Settings.from_env(search_config, check_files=False)  # the shipped configuration is valid
     grpc_port = int(settings.listen.rpartition(":")[2])
     health_port = int(settings.health_listen.rpartition(":")[2])
+    token_port = int(settings.token_listen.rpartition(":")[2])  # token callers: TLS without client certificates
 
     search = next(d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "search")
     c = search["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": grpc_port, "health": health_port, "metrics": settings.metrics_port}
+    assert ports == {"grpc": grpc_port, "grpc-token": token_port, "health": health_port,
+                     "metrics": settings.metrics_port}
+    service = next(s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "search")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} >= {"grpc", "grpc-token"}
+    policy = next(p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "search")
+    callers = policy["spec"]["ingress"][0]["ports"]
+    assert {p["port"] for p in callers} == {grpc_port, token_port}
     # the API port speaks TLS; kubelet's gRPC probes cannot, so they use the plaintext health port
     assert settings.tls and settings.tls_client_ca and settings.auth_policy
     assert c["readinessProbe"]["grpc"] == {"port": health_port}
@@ -228,6 +243,58 @@ def test_dockerfiles_pass_hadolint(dockerfile: Path):
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Each image's base and the Python it ships (tritonserver 24.10: Ubuntu 22.04, Python 3.10).
+IMAGE_PYTHON = {"nvcr.io/nvidia/tritonserver:24.10-py3": "3.10", "python:3.11.7-slim-bookworm": "3.11",
+                "busybox:1.37.0": None}  # the models image: files only, no Python
+
+
+@pytest.mark.parametrize("dockerfile", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_every_copy_source_exists_and_is_not_excluded_by_dockerignore(dockerfile: Path):
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for src in copied_sources(dockerfile.read_text()):
+        assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src} does not exist"
+        top = src.split("/")[0]
+        assert top not in ignored and src not in ignored, f"{dockerfile.name}: COPY {src} is in .dockerignore"
+
+
+@pytest.mark.parametrize("dockerfile", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_every_image_requirements_file_resolves_for_the_image_python(dockerfile: Path, tmp_path):
+    """pip resolves the image's pinned requirements for the base image's Python and platform,
+    binary wheels only (what the build would install), without installing anything here."""
+    text = dockerfile.read_text()
+    base = re.findall(r"^FROM (\S+)", text, re.M)[0]
+    assert base in IMAGE_PYTHON, f"{dockerfile.name}: base {base} has no known Python; add it to IMAGE_PYTHON"
+    files = [src for src in copied_sources(text) if src.startswith("requirements/")]
+    if not files or IMAGE_PYTHON[base] is None:
+        assert "pip install" not in text, f"{dockerfile.name} installs packages without a requirements file"
+        return
+    for requirements in files:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--no-cache-dir",
+             "--only-binary=:all:", "--python-version", IMAGE_PYTHON[base], "--implementation", "cp",
+             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+             "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"),
+             "-r", str(ROOT / requirements)],
+            capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{requirements} does not resolve for Python {IMAGE_PYTHON[base]}:\n" \
+                                     f"{done.stderr[-3000:]}"
+
+
+def test_the_ghz_job_runs_the_ghz_release_the_load_tests_use():
+    """ghz's release workflow tags its image with the bare version (0.121.0, no "v")."""
+    job = (DEPLOY / "loadtest" / "job" / "job.yaml").read_text()
+    tag = re.search(r"image: ghcr\.io/bojand/ghz:(\S+)", job).group(1)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"ghz image tag {tag!r}: the release images carry no 'v'"
+    from tools.loadtest import ghz
+
+    binary = ghz.find()
+    if binary is not None:  # the real ghz beside the checkout: the Job runs the same release
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
+        version = (done.stdout + done.stderr).strip()  # ghz prints its version on stderr
+        assert version.lstrip("v") == tag, (version, tag)
 
 
 def test_search_image_runs_as_non_root_and_installs_pinned_requirements():

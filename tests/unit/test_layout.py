@@ -4,12 +4,12 @@ search image holds every module the search service, the importer and the upgrade
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.dockerfiles import copied_sources
 
 SERVICES = ROOT / "services"
 
@@ -40,8 +40,7 @@ def test_shipped_code_never_imports_tools_or_tests():
 
 
 def test_the_search_image_copies_every_module_the_service_imports():
-    dockerfile = (ROOT / "deploy" / "docker" / "search.Dockerfile").read_text().replace("\\\n", " ")
-    copied = [src for line in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M) for src in line.split()]
+    copied = copied_sources((ROOT / "deploy" / "docker" / "search.Dockerfile").read_text())
     todo, seen = [SERVICES / "search" / "server.py", SERVICES / "importer.py", SERVICES / "catalog_upgrade.py"], set()
     while todo:
         path = todo.pop()
