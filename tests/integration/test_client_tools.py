@@ -80,3 +80,27 @@ def test_make_loadtest_runs_the_real_ghz_and_reads_its_report(service, query, tm
     assert generator.main(["--address", service.address, "--image", str(image), "-c", "2", "-n", "4",
                            "--warmup", "1", "--engine", "ghz", "--json", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["status_codes"] == {"OK": 4}
+
+
+def test_reflection_in_search_mode_gives_grpcurl_and_ghz_no_catalog_api(triton, query, tmp_path):
+    grpcurl, binary = need("grpcurl"), need("ghz")
+    svc = ServiceProcess(triton.grpc_url, str(tmp_path / "catalog.db"), tmp_path / "service.log",
+                         VS_REFLECTION="search").start()
+    try:
+        listing = subprocess.run([grpcurl, "-plaintext", svc.address, "list"], capture_output=True, text=True,
+                                 timeout=60)
+        assert listing.returncode == 0 and "visualsearch.v1.Catalog" not in listing.stdout, listing.stdout
+        described = subprocess.run([grpcurl, "-plaintext", svc.address, "describe", "visualsearch.v1.VisualSearch"],
+                                   capture_output=True, text=True, timeout=60)
+        assert described.returncode == 0 and "SearchByImage" in described.stdout, described.stderr
+        for hidden in ("visualsearch.v1.Catalog", "visualsearch.v1.ImportProductsRequest"):
+            refused = subprocess.run([grpcurl, "-plaintext", svc.address, "describe", hidden], capture_output=True,
+                                     text=True, timeout=60)
+            assert refused.returncode != 0, refused.stdout
+        (tmp_path / "req.json").write_text(json.dumps({"image": base64.b64encode(query).decode(), "top_k": 2}))
+        searched = subprocess.run([binary, "--insecure", "--call", "visualsearch.v1.VisualSearch/SearchByImage",
+                                   "-D", str(tmp_path / "req.json"), "-n", "2", "--format", "json", svc.address],
+                                  capture_output=True, text=True, timeout=180)
+        assert searched.returncode == 0 and json.loads(searched.stdout)["statusCodeDistribution"] == {"OK": 2}
+    finally:
+        svc.stop()

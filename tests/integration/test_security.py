@@ -139,11 +139,11 @@ def test_certificate_and_token_callers_both_reach_one_deployment(mtls_service, i
         found = pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image, top_k=1),
                                                                 timeout=60)
     assert found.products[0].product_id == "cat"
-    with client(pki, "web").channel(mtls_service.address) as channel:  # a certificate, no token
+    with client(pki, "importer").channel(mtls_service.address) as channel:  # a certificate, no token
         found = pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image, top_k=1),
                                                                 timeout=60)
     assert found.products[0].product_id == "cat"
-    with client(pki, "web").channel(mtls_service.token_address) as channel:  # no certificate is asked for there
+    with client(pki, "importer").channel(mtls_service.token_address) as channel:  # no certificate asked for there
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.VisualSearchStub(channel).SearchByImage(pb.SearchByImageRequest(image=image), timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
