@@ -129,6 +129,14 @@ def test_gpu_overlay_puts_triton_on_gpu_nodes_with_the_canonical_repository():
     assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
 
 
+def test_a_gpu_rollout_waits_for_engine_builds_and_needs_no_spare_gpu():
+    triton = next(d for d in by_kind(render("gpu"), "Deployment") if d["metadata"]["name"] == "triton")
+    startup = triton["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    longest_start = startup["periodSeconds"] * startup["failureThreshold"]
+    assert triton["spec"]["progressDeadlineSeconds"] > longest_start
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
 def test_triton_image_matches_the_tested_server_release():
     dockerfile = (DEPLOY / "docker" / "triton.Dockerfile").read_text()
     assert f"FROM nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3" in dockerfile

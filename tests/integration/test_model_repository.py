@@ -51,10 +51,41 @@ def test_gpu_configs_use_tensorrt_fp16_with_an_engine_cache_and_warmup():
         assert trt.parameters["trt_engine_cache_enable"] == "true"
         assert trt.parameters["trt_engine_cache_path"] == f"/trt-cache/{name}"
         assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-        (warmup,) = cfg.model_warmup
-        # warm-up runs the installed model's real input shape
+        # warm-up runs the installed model's real input shape, at batch 1 and at the largest batch
         onnx_file, manifest = repository.installed(name)
-        assert list(warmup.inputs[cfg.input[0].name].dims) == manifest["serving"]["input"]["shape"]
+        shape = manifest["serving"]["input"]["shape"]
+        for warmup in cfg.model_warmup:
+            assert list(warmup.inputs[cfg.input[0].name].dims) == shape
+        assert {w.batch_size for w in cfg.model_warmup} == {1, cfg.max_batch_size}
+        # one TensorRT profile covers every batch the dynamic batcher forms: no engine build under traffic
+        tensor = cfg.input[0].name
+        dims = "x".join(str(d) for d in shape)
+        assert trt.parameters["trt_profile_min_shapes"] == f"{tensor}:1x{dims}"
+        assert trt.parameters["trt_profile_max_shapes"] == f"{tensor}:{cfg.max_batch_size}x{dims}"
+        opt = int(trt.parameters["trt_profile_opt_shapes"].split(":")[1].split("x")[0])
+        assert trt.parameters["trt_profile_opt_shapes"] == f"{tensor}:{opt}x{dims}" and 1 <= opt <= cfg.max_batch_size
+
+
+# The TensorRT accelerator parameters the ONNX Runtime backend of Triton 24.10 accepts (its
+# src/onnxruntime.cc at branch r24.10; an unknown key fails the model's load).
+ORT_BACKEND_24_10_TRT_PARAMETERS = {
+    "precision_mode", "max_workspace_size_bytes", "do_copy_in_default_stream", "use_ep_level_unified_stream",
+    "trt_auxiliary_streams", "trt_build_heuristics_enable", "trt_builder_optimization_level",
+    "trt_context_memory_sharing_enable", "trt_cuda_graph_enable", "trt_detailed_build_log", "trt_dla_core",
+    "trt_dla_enable", "trt_dump_ep_context_model", "trt_dump_subgraphs", "trt_engine_cache_enable",
+    "trt_engine_cache_path", "trt_engine_cache_prefix", "trt_ep_context_embed_mode", "trt_ep_context_file_path",
+    "trt_extra_plugin_lib_paths", "trt_force_sequential_engine_build", "trt_force_timing_cache",
+    "trt_max_partition_iterations", "trt_min_subgraph_size", "trt_profile_max_shapes", "trt_profile_min_shapes",
+    "trt_profile_opt_shapes", "trt_sparsity_enable", "trt_tactic_sources", "trt_timing_cache_enable",
+    "trt_timing_cache_path"}
+
+
+def test_gpu_configs_use_only_tensorrt_options_the_triton_24_10_backend_knows():
+    gpu = repository.configs("gpu")
+    for name in repository.ONNX_MODELS:
+        for accelerator in gpu[name].optimization.execution_accelerators.gpu_execution_accelerator:
+            unknown = set(accelerator.parameters) - ORT_BACKEND_24_10_TRT_PARAMETERS
+            assert not unknown, f"{name}: Triton 24.10's ONNX Runtime backend refuses {sorted(unknown)}"
 
 
 def test_images_travel_between_steps_as_uint8():
