@@ -175,6 +175,7 @@ class Answer:
     object_found: bool  # a detected box matched the object (scene queries)
     seconds: float
     query_vectors: int  # groups searched: the objects, and the whole photo unless skipped
+    groups: list[dict]  # every group as returned: label, score, whole, box, matches (for list replays)
 
 
 def embedder_for(variant: Variant, cache: Path) -> Path:
@@ -216,8 +217,12 @@ async def run_queries(address: str, queries: list[dataset.Query], folder: Path, 
                 if query.box is None:  # the object fills the photo: the list is what the shopper sees
                     group = None
                 object_ranking = _ranking(group.matches) if group is not None else _ranking(response.products)
+                groups = [{"label": g.label, "score": round(float(g.detection_score), 5), "whole": g.whole_image,
+                           "box": [round(v, 1) for v in (g.box.x_min, g.box.y_min, g.box.x_max, g.box.y_max)],
+                           "matches": [[pid, round(sim, 5)] for pid, sim in _ranking(g.matches)]}
+                          for g in response.objects]
                 answers.append(Answer(query, object_ranking, _ranking(response.products),
-                                      response.whole_image_searched, found, seconds, len(response.objects)))
+                                      response.whole_image_searched, found, seconds, len(response.objects), groups))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return answers
@@ -306,7 +311,8 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
                           "object_rank": rank_of(a.object_ranking, a.query.product_id),
                           "list_rank": rank_of(a.list_ranking, a.query.product_id),
                           "top_similarity": a.object_ranking[0][1] if a.object_ranking else None,
-                          "object_detected": a.object_found, "nothing_detected": a.nothing_detected}
+                          "object_detected": a.object_found, "nothing_detected": a.nothing_detected,
+                          "product": a.query.product_id, "box": a.query.box, "groups": a.groups}
                          for a in answers]
     log.info("variant %s: %s", variant.name, json.dumps(result["kinds"]))
     return result
