@@ -45,6 +45,9 @@ def pytest_collection_modifyitems(items):
         layer = _layer(item)
         if layer:
             item.add_marker(getattr(pytest.mark, layer))
+    # the unit layer first: its answer comes in seconds, and the integration servers' session
+    # teardown is then counted in the integration layer's time
+    items.sort(key=lambda item: LAYERS.index(_layer(item)) if _layer(item) else len(LAYERS))
 
 
 @pytest.hookimpl(hookwrapper=True)
