@@ -68,6 +68,15 @@ def test_every_container_has_requests_limits_and_probes(objects):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), where
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert probe in c, f"{where} lacks {probe}"
+            # the 1 s default fails the probes of a busy pod (a loaded Triton, a search pod at its limit)
+            assert c[probe].get("timeoutSeconds", 1) >= 3, f"{where} {probe}: timeoutSeconds"
+
+
+def test_dns_egress_reaches_any_resolver_including_nodelocal_dns(objects):
+    for policy in by_kind(objects, "NetworkPolicy"):
+        dns = [rule for rule in policy["spec"].get("egress", []) if any(p.get("port") == 53 for p in rule["ports"])]
+        for rule in dns:  # NodeLocal DNSCache answers on a link-local address no pod selector matches
+            assert "to" not in rule, f"{policy['metadata']['name']}: DNS egress limited to {rule['to']}"
 
 
 def test_no_container_runs_as_root_or_escalates(objects):
@@ -289,6 +298,19 @@ def test_every_image_requirements_file_resolves_for_the_image_python(dockerfile:
             capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{requirements} does not resolve for Python {IMAGE_PYTHON[base]}:\n" \
                                      f"{done.stderr[-3000:]}"
+
+
+def test_the_models_image_says_it_carries_agpl_weights_and_refuses_a_non_redistributable_model():
+    from tools.models.build import BUILTIN
+
+    dockerfile = (DEPLOY / "docker" / "models.Dockerfile").read_text()
+    assert "AGPL-3.0" in re.search(r'org\.opencontainers\.image\.licenses="([^"]+)"', dockerfile).group(1)
+    assert "AGPL" in BUILTIN["yolov8s-world"].license
+    guard = re.search(r"grep -qil (\w+) /models/\*/manifest\.json", dockerfile).group(1)
+    assert guard in BUILTIN["sscd"].license.lower()  # the guard catches the one such built-in
+    assert not any(guard in source.license.lower() for name, source in BUILTIN.items() if name != "sscd")
+    installed = (ROOT / "model_repository" / "embedder" / "manifest.json").read_text().lower()
+    assert guard not in installed  # what make models installs by default builds
 
 
 def test_the_ghz_job_runs_the_ghz_release_the_load_tests_use():
