@@ -56,6 +56,16 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(objects, version):
     assert checked >= 15
 
 
+def test_the_prerequisites_name_what_the_hpas_and_monitors_read(objects):
+    """An HPA whose CPU metric cannot be read never scales down: metrics-server is a prerequisite
+    where an HPA scales on a Resource metric; the monitoring objects need their namespace."""
+    readme = (DEPLOY / "README.md").read_text().split("## Prerequisites")[1].split("\n## ")[0]
+    hpas = by_kind(objects, "HorizontalPodAutoscaler")
+    if any(m["type"] == "Resource" for h in hpas for m in h["spec"]["metrics"]):
+        assert "metrics-server" in readme
+    assert "`monitoring` namespace" in readme and "prometheus-adapter" in readme
+
+
 def test_the_readme_states_the_oldest_kubernetes_the_schemas_are_checked_at():
     oldest = ".".join(OLDEST_KUBERNETES.split(".")[:2])
     assert f"Kubernetes {oldest}+" in (DEPLOY / "README.md").read_text()
