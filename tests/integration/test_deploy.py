@@ -472,9 +472,14 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
 
 
 def test_the_30m_milvus_values_size_query_nodes_as_the_measured_capacity_plan_says():
-    from tools.bench.scale import RESULTS, plan
+    from tools.bench.scale import PLAN, RESULTS, plan
 
     run = json.loads((RESULTS / "1000000.json").read_text())
     values = yaml.safe_load((DEPLOY / "milvus" / "values-30m.yaml").read_text())
     assert values["queryNode"]["replicas"] == plan(run, "HNSW")["query_nodes"]
-    assert values["queryNode"]["resources"]["limits"]["memory"] == "64Gi"
+    # item 10: a query node's requests fit the allocatable of the node the plan names (its capacity
+    # less ~1 core and 6 GiB kept by the kubelet and system daemons), and hold the share the plan uses
+    requests = values["queryNode"]["resources"]["requests"]
+    cpu, memory_gib = float(requests["cpu"]), float(requests["memory"].removesuffix("Gi"))
+    assert PLAN["node_cores"] * PLAN["usable"] <= cpu <= PLAN["node_cores"] - 1
+    assert PLAN["node_memory_gib"] * PLAN["usable"] <= memory_gib <= PLAN["node_memory_gib"] - 6
