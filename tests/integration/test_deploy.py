@@ -56,6 +56,23 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(objects, version):
     assert checked >= 15
 
 
+def test_milvus_policies_survive_the_helm_path_and_let_the_operator_check_its_dependencies():
+    """Item 11: the Helm path drops ../../milvus/operator, so Milvus' NetworkPolicies live apart;
+    item 2: the operator dials etcd, MinIO and Pulsar itself before creating Milvus."""
+    assert not by_kind(render(DEPLOY / "milvus" / "operator"), "NetworkPolicy")
+    policies = render(DEPLOY / "milvus" / "policies")
+    assert {p["metadata"]["namespace"] for p in policies} == {"milvus"}
+    for flavour in OVERLAYS:
+        overlay = yaml.safe_load((DEPLOY / "overlays" / flavour / "kustomization.yaml").read_text())
+        assert "../../milvus/policies" in overlay["resources"], flavour
+    milvus = named(policies, "NetworkPolicy", "milvus")
+    from_operator = [rule for rule in milvus["spec"]["ingress"]
+                     if any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                            == "milvus-operator" for f in rule.get("from", []))]
+    ports = {p["port"] for rule in from_operator for p in rule["ports"]}
+    assert {2379, 9000, 6650, 9091} <= ports  # etcd, MinIO, Pulsar, Milvus' health
+
+
 def test_the_prerequisites_name_what_the_hpas_and_monitors_read(objects):
     """An HPA whose CPU metric cannot be read never scales down: metrics-server is a prerequisite
     where an HPA scales on a Resource metric; the monitoring objects need their namespace."""
