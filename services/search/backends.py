@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from services.search.objects import Objects
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Remaining = Callable[[], float | None]  # seconds left of the caller's deadline (None: no deadline)
 
 
 class Triton(Protocol):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from services.api import pb
 from services.domain import ModelVersions
 from services.search import catalog_rows, mapping, metrics, objects
-from services.search.backends import Backends, timed
+from services.search.backends import Backends, Remaining, timed
 from services.search.catalog_rows import Prepared, content_key
 from services.search.config import Settings
 from services.search.embedding import embed
@@ -26,8 +26,6 @@ from services.search.objects import Objects
 from services.search.store_batches import StoredRows, VisibleWrites
 from services.search.validation import check_delete, check_image, check_product, check_region
 from services.search.write_locks import WriteLocks
-
-Remaining = Callable[[], float | None]
 
 
 class _Call:

@@ -3,17 +3,13 @@ the whole image), embed a given region, or embed the whole image alone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from services.api import pb
 from services.search import metrics
-from services.search.backends import Triton, timed
+from services.search.backends import Remaining, Triton, timed
 from services.search.errors import InvalidInput
 from services.search.objects import Objects
 from services.search.triton_client import DETECT_ENSEMBLE, REGION_ENSEMBLE
 from services.search.validation import Region
-
-Remaining = Callable[[], float | None]
 
 
 async def embed(triton: Triton, image: bytes, mode: int, region: Region | None, remaining: Remaining) -> Objects:

@@ -4,18 +4,15 @@ search for all its objects (nq = objects), collapsed to the best match per produ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from services.api import pb
 from services.search import mapping, metrics, objects
-from services.search.backends import Backends, timed
+from services.search.backends import Backends, Remaining, timed
 from services.search.config import Settings
 from services.search.embedding import embed
 from services.search.errors import BackendUnavailable, InvalidInput
 from services.search.milvus_store import Hit
 from services.search.validation import check_batch, check_search
-
-Remaining = Callable[[], float | None]
 
 
 def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
