@@ -1,18 +1,13 @@
 """The rows a photo yields (its detected objects, and the whole photo or a caller-given region,
 flagged), and every rule that chooses among them: which rows a search sends to Milvus, which
 of those feed the product list, which a catalog image stores, and which similarity floor a
-search applies. Detection settings live in four places; this table says which does what:
+search applies. The detection settings these rules use, and where each is set (the one table
+of them is docs/configuration.md, "Detection"):
 
-=============================  ==========  ====================================================
-setting                        tier        what it decides
-=============================  ==========  ====================================================
-postprocess ``score_threshold``  Triton    no box scores below it (both sides; re-import to change)
-postprocess ``max_objects``    Triton      at most this many boxes per photo (both sides)
-``VS_CONFIDENT_DETECTION_SCORE``  service  boxes of a catalog image stored from this score
-``VS_LISTED_DETECTION_SCORE``  service     boxes of a query photo merged into the product list
-request ``min_detection_score``  caller    boxes of a query photo searched at all
-request ``max_objects``        caller      at most this many boxes searched, best first
-=============================  ==========  ====================================================
+* Triton's postprocess ``score_threshold`` and ``max_objects``: which boxes exist at all;
+* ``VS_CONFIDENT_DETECTION_SCORE``: which boxes of a catalog image are stored (``stored``);
+* ``VS_LISTED_DETECTION_SCORE``: which boxes of a query photo feed the list (``listed``);
+* the request's ``min_detection_score`` and ``max_objects``: which boxes are searched (``searched``).
 """
 
 from __future__ import annotations
