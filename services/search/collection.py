@@ -47,10 +47,7 @@ def schema(dimension: int) -> Any:
                                         description="visual product search: one row per catalog object")
     result.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=pf.PRODUCT_KEY_MAX)
     for name, (kind, max_length) in pf.stored_columns().items():
-        if kind == pf.TEXT:
-            result.add_field(name, DataType.VARCHAR, max_length=max_length)
-        else:
-            result.add_field(name, COLUMN_TYPES[kind])
+        result.add_field(name, COLUMN_TYPES[kind], **({"max_length": max_length} if kind == pf.TEXT else {}))
     result.add_field("content_key", DataType.VARCHAR, max_length=CONTENT_KEY_LENGTH)
     result.add_field("product_head", DataType.BOOL)
     result.add_field("image_head", DataType.BOOL)
