@@ -23,9 +23,20 @@ def triton():
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    """The real Milvus 2.3.5 standalone server (default ports: one per machine at a time)."""
+    """The real Milvus 2.3.5 standalone server (default ports: one per machine at a time), with
+    authorization on as deploy/ runs Milvus. Tests give the service ``service_token``: a user
+    holding exactly ``services.milvus_access.PRIVILEGES`` (what deploy/README tells operators
+    to grant), so a privilege missing from that list fails the tests that need it."""
+    from pymilvus import MilvusClient
+
+    from services import milvus_access
     from tools.stack.milvus_processes import MilvusServer
 
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data").start()
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data", authorization=True).start()
+    milvus_access.provision(MilvusClient(server.uri, token=server.admin_token), SERVICE_USER, SERVICE_PASSWORD)
+    server.service_token = f"{SERVICE_USER}:{SERVICE_PASSWORD}"
     yield server
     server.remove()
+
+
+SERVICE_USER, SERVICE_PASSWORD = "visualsearch", "a-test-only-password"

@@ -36,7 +36,8 @@ def timed_search(svc: ServiceProcess, image: bytes) -> tuple[grpc.StatusCode, st
 
 
 def test_milvus_server_uri_import_search_hang_and_recovery(triton, milvus_server, tmp_path, photos):
-    svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "svc.log").start()
+    svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "svc.log",
+                         VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         imported = svc.import_products(import_requests(photos))
         assert imported.images_failed == 0
@@ -72,7 +73,7 @@ def detect_calls(triton) -> int:
 def test_a_milvus_server_catalog_reimported_unchanged_skips_triton_and_keeps_its_vectors(triton, milvus_server,
                                                                                         tmp_path, photos):
     svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "svc.log",
-                         VS_MILVUS_COLLECTION="incremental").start()
+                         VS_MILVUS_COLLECTION="incremental", VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         items = import_requests(photos)
         first = svc.import_products(items)

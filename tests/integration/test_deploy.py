@@ -56,10 +56,8 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(objects, version):
     assert checked >= 15
 
 
-def test_milvus_policies_survive_the_helm_path_and_let_the_operator_check_its_dependencies():
-    """Item 11: the Helm path drops ../../milvus/operator, so Milvus' NetworkPolicies live apart;
-    item 2: the operator dials etcd, MinIO and Pulsar itself before creating Milvus."""
-    assert not by_kind(render(DEPLOY / "milvus" / "operator"), "NetworkPolicy")
+def test_milvus_policies_let_the_operator_check_its_dependencies():
+    """Item 2: the operator dials etcd, MinIO and Pulsar itself before creating Milvus."""
     policies = render(DEPLOY / "milvus" / "policies")
     assert {p["metadata"]["namespace"] for p in policies} == {"milvus"}
     for flavour in OVERLAYS:
@@ -381,24 +379,41 @@ def test_milvus_runs_in_its_own_namespace_that_its_pods_can_start_in(objects):  
     assert config["VS_MILVUS_URI"].startswith("http://milvus-milvus.milvus.svc")
 
 
-def test_no_path_leaves_milvus_without_authentication_or_with_default_credentials(objects):  # item 5
-    milvus = by_kind(objects, "Milvus")[0]["spec"]
-    assert milvus["config"]["common"]["security"]["authorizationEnabled"] is True
-    assert milvus["dependencies"]["storage"]["secretRef"] == "milvus-minio-credentials"
-    values = yaml.safe_load((DEPLOY / "milvus" / "values.yaml").read_text())
-    assert "authorizationEnabled: true" in values["extraConfigFiles"]["user.yaml"]
-    assert values["minio"]["existingSecret"] == "milvus-minio-credentials" and "accessKey" not in values["minio"]
-    rendered = yaml.safe_dump_all(objects) + yaml.safe_dump(values)
+def operator_defaults(milvus: dict) -> dict:
+    """The Milvus operator v1.3.8's defaulting of a Milvus CR's in-cluster MinIO, which it applies
+    on every reconcile (apis/milvus.io/v1beta1/milvus_webhook.go, ``defaultStorage``): the
+    endpoint and the Secret it reads the keys from are "<name>-minio", whatever the CR says."""
+    spec = json.loads(json.dumps(milvus["spec"]))
+    storage = spec["dependencies"].setdefault("storage", {})
+    if not storage.get("external"):
+        name, namespace = milvus["metadata"]["name"], milvus["metadata"]["namespace"]
+        storage["endpoint"] = f"{name}-minio.{namespace}:9000"
+        storage.setdefault("inCluster", {}).setdefault("values", {})
+        storage["secretRef"] = f"{name}-minio"
+    return spec
+
+
+def test_milvus_starts_with_the_minio_secret_operators_create_and_never_a_default_credential(objects):
+    """Items 2, 3 and 5: the one install path (the operator). After the operator's defaulting, the
+    Secret it reads, the one MinIO uses and the one deploy/README creates are the same; the keys
+    are the names both read; authentication is on and no default credential is rendered."""
+    milvus = by_kind(objects, "Milvus")[0]
+    spec = operator_defaults(milvus)
+    storage = spec["dependencies"]["storage"]
+    readme = (DEPLOY / "README.md").read_text()
+    created = re.search(r"kubectl -n milvus create secret generic (\S+) \\\n\s+--from-literal=accesskey=.+? "
+                        r"--from-literal=secretkey=", readme)
+    assert created, "deploy/README no longer creates the MinIO Secret with keys accesskey / secretkey"
+    assert storage["secretRef"] == storage["inCluster"]["values"]["existingSecret"] == created.group(1)
+    assert milvus["spec"]["dependencies"]["storage"]["secretRef"] == storage["secretRef"]  # the file says it too
+    assert spec["config"]["common"]["security"]["authorizationEnabled"] is True
+    assert spec["dependencies"]["pulsar"]["inCluster"]["chartVersion"] == "pulsar-v3"
+    rendered = yaml.safe_dump_all(objects)
     assert "minioadmin" not in rendered and "defaultRootPassword" not in rendered
-
-
-def test_the_helm_path_names_the_milvus_service_as_the_search_service_expects(objects):  # D6
-    values_text = (DEPLOY / "milvus" / "values.yaml").read_text()
-    values = yaml.safe_load(values_text)
+    # the operator names the proxy Service <name>-milvus: what VS_MILVUS_URI dials
     host = named(objects, "ConfigMap", "search-config")["data"]["VS_MILVUS_URI"].split("//")[1].split(".")[0]
-    assert values["fullnameOverride"] == host
-    assert re.search(r"--version \d+\.\d+\.\d+", values_text)  # the chart is pinned
-    assert re.search(r"--version \d+\.\d+\.\d+", (DEPLOY / "README.md").read_text())
+    assert host == f"{milvus['metadata']['name']}-milvus"
+    assert re.search(r"Milvus operator v\d+\.\d+\.\d+", readme) and not (DEPLOY / "milvus" / "values.yaml").exists()
 
 
 def test_triton_gets_its_models_from_a_pinned_model_image(objects):  # D3
@@ -488,15 +503,34 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
                for r in search_policy["spec"]["ingress"] for f in r["from"])
 
 
-def test_the_30m_milvus_values_size_query_nodes_as_the_measured_capacity_plan_says():
-    from tools.bench.scale import PLAN, RESULTS, plan
+def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_path):
+    """Item 10: query nodes that schedule, two loaded copies, and MinIO / Pulsar volumes that
+    hold the catalog, all equal to what the plan computes from docs/scale/1000000.json."""
+    from tools.bench.scale import PLAN, RESULTS, plan, storage
 
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    overlay = copy / "overlays" / "gpu" / "kustomization.yaml"
+    overlay.write_text(overlay.read_text() + "components:\n  - ../../milvus/30m\n")
+    objects = render(overlay.parent)
+    milvus = by_kind(objects, "Milvus")[0]["spec"]
     run = json.loads((RESULTS / "1000000.json").read_text())
-    values = yaml.safe_load((DEPLOY / "milvus" / "values-30m.yaml").read_text())
-    assert values["queryNode"]["replicas"] == plan(run, "HNSW")["query_nodes"]
-    # item 10: a query node's requests fit the allocatable of the node the plan names (its capacity
-    # less ~1 core and 6 GiB kept by the kubelet and system daemons), and hold the share the plan uses
-    requests = values["queryNode"]["resources"]["requests"]
-    cpu, memory_gib = float(requests["cpu"]), float(requests["memory"].removesuffix("Gi"))
+    query = milvus["components"]["queryNode"]
+    assert query["replicas"] == plan(run, "HNSW")["query_nodes"]
+    assert named(objects, "ConfigMap", "search-config")["data"]["VS_MILVUS_REPLICAS"] == str(PLAN["replicas"])
+    # a query node's requests fit the allocatable of the node the plan names (its capacity less
+    # ~1 core and 6 GiB kept by the kubelet and system daemons), and hold the share the plan uses
+    cpu, memory_gib = float(query["resources"]["requests"]["cpu"]), gib(query["resources"]["requests"]["memory"])
     assert PLAN["node_cores"] * PLAN["usable"] <= cpu <= PLAN["node_cores"] - 1
     assert PLAN["node_memory_gib"] * PLAN["usable"] <= memory_gib <= PLAN["node_memory_gib"] - 6
+    volumes = storage(run, "HNSW")
+    minio = milvus["dependencies"]["storage"]["inCluster"]["values"]
+    assert minio["mode"] == "distributed" and gib(minio["persistence"]["size"]) == volumes["minio_drive_gib"]
+    ledgers = milvus["dependencies"]["pulsar"]["inCluster"]["values"]["bookkeeper"]["volumes"]["ledgers"]
+    assert gib(ledgers["size"]) == volumes["bookie_ledgers_gib"]
+    assert "components:" not in (DEPLOY / "overlays" / "gpu" / "kustomization.yaml").read_text()  # opt-in
+
+
+def gib(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Gi|Ti)", quantity).groups()
+    return float(number) * (1024 if unit == "Ti" else 1)

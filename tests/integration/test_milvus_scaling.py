@@ -21,12 +21,13 @@ def collection_behind(client: MilvusClient, alias: str) -> str:
 def test_shards_apply_to_a_new_collection_and_a_replica_change_leaves_a_loaded_one_serving(
         triton, milvus_server, tmp_path, photos):
     svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "sharded.log",
-                         VS_MILVUS_COLLECTION="sharded", VS_MILVUS_SHARDS="2").start()
+                         VS_MILVUS_COLLECTION="sharded", VS_MILVUS_SHARDS="2",
+                         VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         assert svc.import_products(import_requests(photos)).images_failed == 0
     finally:
         svc.stop()
-    client = MilvusClient(uri=milvus_server.uri)
+    client = MilvusClient(uri=milvus_server.uri, token=milvus_server.admin_token)
     name = collection_behind(client, "sharded")
     assert client.describe_collection(name)["num_shards"] == 2
     assert len(client.describe_replica(name)) == 1
@@ -34,7 +35,8 @@ def test_shards_apply_to_a_new_collection_and_a_replica_change_leaves_a_loaded_o
     # pods restarted with another replica number find the collection loaded with one: they
     # serve it as loaded and say so, instead of failing (changing it is an operator's release)
     svc = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "replicas.log",
-                         VS_MILVUS_COLLECTION="sharded", VS_MILVUS_REPLICAS="2").start()
+                         VS_MILVUS_COLLECTION="sharded", VS_MILVUS_REPLICAS="2",
+                         VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         shot = encode(reshoot(photos["coffee"], photos["flower"].pixels, seed=11), quality=60)
         response = svc.search.SearchByImage(pb.SearchByImageRequest(image=shot, top_k=1), timeout=60)
@@ -52,7 +54,8 @@ def test_more_replicas_than_query_nodes_keeps_the_service_not_serving_with_the_r
     with pytest.raises(TimeoutError) as waited:  # alive, never SERVING (an exit raises RuntimeError)
         process = start_search_service(f"127.0.0.1:{free_port()}", triton.grpc_url, milvus_server.uri, log_path,
                                        timeout_s=30, VS_MILVUS_COLLECTION="two_replicas", VS_MILVUS_REPLICAS="2",
-                                       VS_HEALTH_INTERVAL_S="1", VS_METRICS_PORT="0")
+                                       VS_HEALTH_INTERVAL_S="1", VS_METRICS_PORT="0",
+                                       VS_MILVUS_TOKEN=milvus_server.service_token)
         stop_process(process)
     assert "VS_MILVUS_REPLICAS=2" in str(waited.value)
     assert "dependency not usable" in log_path.read_text()

@@ -24,6 +24,7 @@ from tools.models import repository
 from tools.sample_photos import encode, reshoot
 from tools.stack.demo import write_demo_catalog
 from tools.stack.local_stack import start_search_service
+from tools.stack.milvus_processes import MilvusServer
 from tools.stack.triton_launcher import TritonServer
 
 ALIAS = "shop"
@@ -46,16 +47,17 @@ def new_triton(tmp_path_factory):
         yield server
 
 
-def upgrade(command: str, triton_url: str, milvus_uri: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{GEN_BUILD / 'gen'}:{ROOT}", "VS_MILVUS_URI": milvus_uri,
-           "VS_MILVUS_COLLECTION": ALIAS}
+def upgrade(command: str, triton_url: str, milvus: MilvusServer, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{GEN_BUILD / 'gen'}:{ROOT}", "VS_MILVUS_URI": milvus.uri,
+           "VS_MILVUS_TOKEN": milvus.service_token, "VS_MILVUS_COLLECTION": ALIAS}
     return subprocess.run([sys.executable, "-m", "services.catalog_upgrade", command, "--triton", triton_url, *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_triton, milvus_server, tmp_path, photos):
     manifest = write_demo_catalog(tmp_path / "catalog")
-    old = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "old.log", VS_MILVUS_COLLECTION=ALIAS).start()
+    old = ServiceProcess(triton.grpc_url, milvus_server.uri, tmp_path / "old.log", VS_MILVUS_COLLECTION=ALIAS,
+                         VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         subprocess.run([sys.executable, "-m", "services.importer", "--address", old.address, "--manifest",
                         str(manifest), "--no-progress"], cwd=ROOT, check=True, capture_output=True,
@@ -78,9 +80,9 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
         searcher = threading.Thread(target=keep_searching)
         searcher.start()
         try:
-            built = upgrade("build", new_triton.grpc_url, milvus_server.uri, "--manifest", str(manifest))
+            built = upgrade("build", new_triton.grpc_url, milvus_server, "--manifest", str(manifest))
             assert built.returncode == 0, built.stderr[-2000:]
-            switched = upgrade("switch", new_triton.grpc_url, milvus_server.uri)
+            switched = upgrade("switch", new_triton.grpc_url, milvus_server)
             assert switched.returncode == 0, switched.stderr[-2000:]
             assert old_collection in switched.stdout
             settled = len(answers)
@@ -99,7 +101,7 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
         old.stop()
 
     new = ServiceProcess(new_triton.grpc_url, milvus_server.uri, tmp_path / "new.log",
-                         VS_MILVUS_COLLECTION=ALIAS).start()
+                         VS_MILVUS_COLLECTION=ALIAS, VS_MILVUS_TOKEN=milvus_server.service_token).start()
     try:
         stats = new.catalog.GetCatalogStats(pb.GetCatalogStatsRequest())
         assert stats.collection != old_collection and stats.models.embedder == other_embedder().name
@@ -112,7 +114,8 @@ def test_the_embedder_changes_without_a_failed_or_mixed_search(triton, new_trito
     # a pod still on the old models refuses the switched alias and names both collections
     with pytest.raises(TimeoutError, match="was not built for the models Triton serves"):
         start_search_service(f"127.0.0.1:{free_port()}", triton.grpc_url, milvus_server.uri, tmp_path / "stale.log",
-                             timeout_s=20, VS_MILVUS_COLLECTION=ALIAS, VS_METRICS_PORT="0")
+                             timeout_s=20, VS_MILVUS_COLLECTION=ALIAS, VS_METRICS_PORT="0",
+                             VS_MILVUS_TOKEN=milvus_server.service_token)
 
 
 def test_an_alias_whose_collection_was_dropped_by_hand_points_to_the_new_collection(milvus_server):
@@ -125,12 +128,12 @@ def test_an_alias_whose_collection_was_dropped_by_hand_points_to_the_new_collect
     from services.search.triton_client import ModelVersions
 
     settings = dataclasses.replace(Settings.from_env({}), milvus_uri=milvus_server.uri,
-                                   milvus_collection="dropped_by_hand")
+                                   milvus_token=milvus_server.service_token, milvus_collection="dropped_by_hand")
     models = ModelVersions("det", "a" * 64, "emb", "b" * 64, 8)
     first = MilvusStore(settings)
     first.connect(models)
     first.disconnect()
-    client = MilvusClient(uri=milvus_server.uri)
+    client = MilvusClient(uri=milvus_server.uri, token=milvus_server.admin_token)
     client.drop_collection(first.collection)  # Milvus 2.3 keeps the alias
 
     store = MilvusStore(settings)

@@ -263,6 +263,13 @@ PLAN = {
     # most 28): 12.25 measured by `make eval` on its photos (docs/evaluation.md, shipped)
     "searches_per_s": 100, "vectors_per_search": 12.3,
     "replicas": 2,
+    # Storage. MinIO (distributed, 4 servers x 1 drive: erasure parity 2, half the raw bytes
+    # usable) holds the binlogs and the index files; compaction rewrites segments beside the
+    # old ones until they are collected, hence the headroom. Pulsar keeps every insert for
+    # its retention (Milvus' 7 days), written to 2 of 3 bookies: the whole catalog's initial
+    # import sits in it at once.
+    "minio_servers": 4, "minio_usable": 0.5, "storage_headroom": 1.5,
+    "bookies": 3, "write_quorum": 2, "wal_headroom": 1.3, "wal_bytes_per_row_overhead": 200,
 }
 
 
@@ -281,6 +288,20 @@ def plan(run: dict, index_type: str) -> dict:
     cpu_nodes = int(np.ceil(cores / (p["node_cores"] * p["usable"])))
     return {"memory_bytes": memory, "memory_nodes": memory_nodes, "core_ms": core_ms, "cores": cores,
             "cpu_nodes": cpu_nodes, "query_nodes": max(memory_nodes, cpu_nodes) * p["replicas"]}
+
+
+def storage(run: dict, index_type: str) -> dict:
+    """PLAN's object store and message queue volumes for one index type: GiB per MinIO drive
+    and per bookie ledger volume, from the row bytes and the measured index bytes."""
+    p, e = PLAN, run["indexes"][index_type]
+    rows = p["images"] * p["rows_per_image"]
+    row_bytes = run["dimension"] * 4 + p["scalar_bytes_per_row"]
+    index_bytes = e["rss_over_idle_bytes"] / run["vectors"]  # the loaded index ~ its files
+    stored = rows * (row_bytes + index_bytes) * p["storage_headroom"]
+    wal = rows * (row_bytes + p["wal_bytes_per_row_overhead"]) * p["write_quorum"] / p["bookies"] * p["wal_headroom"]
+    return {"stored_bytes": stored,
+            "minio_drive_gib": int(np.ceil(stored / p["minio_usable"] / p["minio_servers"] / 2**30 / 100) * 100),
+            "bookie_ledgers_gib": int(np.ceil(wal / 2**30 / 100) * 100)}
 
 
 def capacity(run: dict) -> list[str]:

@@ -19,14 +19,14 @@ SERVER_PORTS = (DEFAULT_PORT, 2379, 9091)  # gRPC, embedded etcd, metrics
 SHARED_STATE = "/tmp/milvus"
 
 
-def _wait_until_serving(uri: str, timeout_s: float, log_path: Path) -> None:
+def _wait_until_serving(uri: str, timeout_s: float, log_path: Path, token: str = "") -> None:
     """Until a real request (listing collections) succeeds; the log tail on timeout."""
     from pymilvus import MilvusClient
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            MilvusClient(uri, timeout=2).list_collections()
+            MilvusClient(uri, token=token, timeout=2).list_collections()
             return
         except Exception:
             time.sleep(0.3)
@@ -40,12 +40,17 @@ def _port_in_use(port: int) -> bool:
 
 
 class MilvusServer:
-    """The real Milvus 2.3.5 standalone server from the `milvus` wheel (default ports)."""
+    """The real Milvus 2.3.5 standalone server from the `milvus` wheel (default ports).
+    ``authorization``: users and privileges enforced, as deploy/ runs Milvus; ``admin_token``
+    is then root with Milvus' initial password."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, authorization: bool = False) -> None:
         self.data_dir = data_dir
         self.wrapper: subprocess.Popen | None = None
         self.uri = "http://127.0.0.1:19530"
+        self.authorization = authorization
+        self.admin_token = "root:Milvus" if authorization else ""
+        self.service_token = ""  # the least-privilege user's, once someone provisions it
 
     def start(self, timeout_s: float = 180, attempts: int = 2) -> MilvusServer:
         """Start the server on its data directory, which is never deleted here (it holds the
@@ -77,11 +82,12 @@ class MilvusServer:
         shutil.rmtree(SHARED_STATE, ignore_errors=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("milvus-server")
-        self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir)],
+        flags = ["--authorization-enabled", "true"] if self.authorization else []
+        self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir), *flags],
                                         stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
         try:
-            _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log")
+            _wait_until_serving(self.uri, timeout_s, self.data_dir / "server.log", self.admin_token)
         except TimeoutError:
             self.stop(kill=True)  # never leave a half-started server holding the ports
             raise
