@@ -267,17 +267,97 @@ def test_triton_offers_callers_no_model_load_or_unload(objects):
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
 
 
-def test_network_policies_admit_only_the_search_service_to_triton_and_milvus(objects):
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admits(policy: dict, pod: dict, port: int) -> bool:
+    """Whether an ingress NetworkPolicy lets ``pod`` (labels, namespace, namespace labels) reach
+    ``port`` of the pods it selects (matchLabels only: all that deploy/ uses)."""
+    for rule in policy["spec"].get("ingress", []):
+        if rule.get("ports") and port not in {p["port"] for p in rule["ports"]}:
+            continue
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:
+                namespace_ok = matches(peer["namespaceSelector"], pod["namespace_labels"])
+            else:
+                namespace_ok = pod["namespace"] == policy["metadata"]["namespace"]
+            if namespace_ok and matches(peer.get("podSelector", {}), pod["labels"]):
+                return True
+    return False
+
+
+def pods(objects: list[dict]) -> dict[str, dict]:
+    """Every workload's pod template: its labels and namespace (and that namespace's labels)."""
+    found = {}
+    for o in objects:
+        if o["kind"] in (*WORKLOADS, "Job"):
+            namespace = o["metadata"]["namespace"]
+            found[o["metadata"]["name"]] = {"labels": o["spec"]["template"]["metadata"]["labels"],
+                                            "namespace": namespace,
+                                            "namespace_labels": {"kubernetes.io/metadata.name": namespace}}
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_model_rollout_never_mixes_tiers_and_its_jobs_reach_what_they_need(overlay):
+    """Item 9: triton-next (deploy/rollout) beside the live Triton: nothing of one tier selects
+    the other's pods; both are Triton to the NetworkPolicies; the catalog_upgrade Job reaches
+    Triton and Milvus, the importer Job the search service, and nothing else gets in."""
+    live, nxt = render(overlay), render(DEPLOY / "rollout" / overlay)
+    jobs = render(DEPLOY / "jobs")
+    everything = live + nxt + jobs
+    for obj in nxt + jobs:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, OLDEST_KUBERNETES, strict=True)
+    workloads = pods(everything)
+    tiers = {"triton": workloads["triton"]["labels"], "triton-next": workloads["triton-next"]["labels"]}
+    for name, own in tiers.items():
+        other = tiers["triton-next" if name == "triton" else "triton"]
+        for kind in ("Service", "PodDisruptionBudget", "ServiceMonitor"):
+            selector = named(everything, kind, name)["spec"]["selector"]
+            selector = selector if "matchLabels" in selector else {"matchLabels": selector}
+            assert matches(selector, own) and not matches(selector, other), (kind, name)
+        deployment = named(everything, "Deployment", name)
+        assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == name
+        for spread in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+            assert matches(spread["labelSelector"], own) and not matches(spread["labelSelector"], other)
+        assert named(everything, "HorizontalPodAutoscaler", name)["spec"]["scaleTargetRef"]["name"] == name
+    # the same pods but the models: triton-next differs from the live tier only in its models image
+    images = {name: [c["image"] for c in named(everything, "Deployment", name)["spec"]["template"]["spec"]
+                     ["initContainers"] + named(everything, "Deployment", name)["spec"]["template"]["spec"]["containers"]]
+              for name in tiers}
+    assert images["triton"][1:] == images["triton-next"][1:] and images["triton"][0] != images["triton-next"][0]
+    assert named(live, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["args"] == \
+        named(nxt, "Deployment", "triton-next")["spec"]["template"]["spec"]["containers"][0]["args"]
+    search_image = named(live, "Deployment", "search")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert {j["spec"]["template"]["spec"]["containers"][0]["image"] for j in by_kind(jobs, "Job")} == {search_image}
+
+    policies = {p["metadata"]["name"]: p for p in by_kind(everything, "NetworkPolicy")}
+    triton_policy = policies["triton"]
+    assert all(matches(triton_policy["spec"]["podSelector"], labels) for labels in tiers.values())
+    reach = {"triton": (triton_policy, 8001), "milvus": (policies["milvus"], 19530),
+             "search": (policies["search"], 50051)}
+    wanted = {"triton": {"search", "catalog-upgrade"}, "milvus": {"search", "catalog-upgrade"},
+              "search": {"catalog-import"}}
+    for target, (policy, port) in reach.items():
+        admitted = {name for name, pod in workloads.items() if admits(policy, pod, port)}
+        assert admitted == wanted[target], target
+    # the search pods (rolled to triton-next) may call both tiers
+    egress = policies["search"]["spec"]["egress"]
+    assert any(matches(peer.get("podSelector", {}), tiers["triton-next"]) for rule in egress
+               for peer in rule.get("to", []) if {"port": 8001, "protocol": "TCP"} in rule.get("ports", []))
+
+
+def test_network_policies_admit_callers_by_label_only(objects):
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "NetworkPolicy")}
     assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
-    search = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "search"}}}
-    from_visualsearch = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "visualsearch"}}}
-    for name, port, source in (("triton", 8001, search), ("milvus", 19530, {**from_visualsearch, **search})):
-        rules = [r for r in policies[name]["spec"]["ingress"] if any(p.get("port") == port for p in r.get("ports", []))]
-        sources = [f for r in rules for f in r["from"]]
-        assert sources == [source], name
     callers = policies["search"]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
     assert callers == {"visualsearch.io/search-client": "true"}
+    # a caller from another namespace, labelled as the in-namespace clients are, gets no further
+    outsider = {"labels": {"visualsearch.io/triton-client": "true", "visualsearch.io/milvus-client": "true"},
+                "namespace": "shop", "namespace_labels": {"kubernetes.io/metadata.name": "shop"}}
+    assert not admits(policies["triton"], outsider, 8001) and not admits(policies["milvus"], outsider, 19530)
 
 
 @pytest.mark.parametrize("dockerfile", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
@@ -499,8 +579,7 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
     pod = job["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
     search_policy = named(render("cpu"), "NetworkPolicy", "search")
-    assert any(f.get("podSelector", {}).get("matchLabels") == job["spec"]["template"]["metadata"]["labels"]
-               for r in search_policy["spec"]["ingress"] for f in r["from"])
+    assert admits(search_policy, pods([job])["ghz-search"], 50051)
 
 
 def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_path):
@@ -511,7 +590,9 @@ def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_p
     copy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, copy)
     overlay = copy / "overlays" / "gpu" / "kustomization.yaml"
-    overlay.write_text(overlay.read_text() + "components:\n  - ../../milvus/30m\n")
+    kustomization = yaml.safe_load(overlay.read_text())
+    kustomization["components"].append("../../milvus/30m")
+    overlay.write_text(yaml.safe_dump(kustomization))
     objects = render(overlay.parent)
     milvus = by_kind(objects, "Milvus")[0]["spec"]
     run = json.loads((RESULTS / "1000000.json").read_text())
@@ -528,7 +609,7 @@ def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_p
     assert minio["mode"] == "distributed" and gib(minio["persistence"]["size"]) == volumes["minio_drive_gib"]
     ledgers = milvus["dependencies"]["pulsar"]["inCluster"]["values"]["bookkeeper"]["volumes"]["ledgers"]
     assert gib(ledgers["size"]) == volumes["bookie_ledgers_gib"]
-    assert "components:" not in (DEPLOY / "overlays" / "gpu" / "kustomization.yaml").read_text()  # opt-in
+    assert "30m" not in (DEPLOY / "overlays" / "gpu" / "kustomization.yaml").read_text()  # opt-in
 
 
 def gib(quantity: str) -> float:
