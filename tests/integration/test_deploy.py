@@ -324,9 +324,8 @@ def test_a_model_rollout_never_mixes_tiers_and_its_jobs_reach_what_they_need(ove
             assert matches(spread["labelSelector"], own) and not matches(spread["labelSelector"], other)
         assert named(everything, "HorizontalPodAutoscaler", name)["spec"]["scaleTargetRef"]["name"] == name
     # the same pods but the models: triton-next differs from the live tier only in its models image
-    images = {name: [c["image"] for c in named(everything, "Deployment", name)["spec"]["template"]["spec"]
-                     ["initContainers"] + named(everything, "Deployment", name)["spec"]["template"]["spec"]["containers"]]
-              for name in tiers}
+    specs = {name: named(everything, "Deployment", name)["spec"]["template"]["spec"] for name in tiers}
+    images = {name: [c["image"] for c in spec["initContainers"] + spec["containers"]] for name, spec in specs.items()}
     assert images["triton"][1:] == images["triton-next"][1:] and images["triton"][0] != images["triton-next"][0]
     assert named(live, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["args"] == \
         named(nxt, "Deployment", "triton-next")["spec"]["template"]["spec"]["containers"][0]["args"]
