@@ -17,7 +17,7 @@ COPY --from=build /install /usr/local
 COPY --from=build /src/build/gen /app/build/gen
 # Only the search service and its client code: tools/ and the Triton models' code stay out.
 COPY services/__init__.py services/api.py services/channels.py services/paths.py services/logging_setup.py \
-     services/importer.py services/catalog_upgrade.py services/domain.py /app/services/
+     services/importer.py services/catalog_upgrade.py services/milvus_access.py services/domain.py /app/services/
 COPY services/search /app/services/search
 USER 10001:10001
 EXPOSE 50051 50052 9464

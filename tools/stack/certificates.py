@@ -45,8 +45,9 @@ class CertificateAuthority:
         self.cert = folder / f"{name}.pem"
         self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, common_name: str, server: bool = False, expired: bool = False, file_stem: str | None = None
-              ) -> Issued:
+    def issue(self, common_name: str, server: bool = False, expired: bool = False, file_stem: str | None = None,
+              dns_names: tuple[str, ...] = ()) -> Issued:
+        """``dns_names``: a server certificate's names besides localhost and 127.0.0.1."""
         key = ec.generate_private_key(ec.SECP256R1())
         start, end = (NOW - dt.timedelta(days=10), NOW - dt.timedelta(days=1)) if expired else \
             (NOW - dt.timedelta(minutes=5), NOW + dt.timedelta(days=7))
@@ -57,7 +58,8 @@ class CertificateAuthority:
                    .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.DNSName("localhost"), *map(x509.DNSName, dns_names),
+                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         stem = file_stem or common_name
         issued = Issued(self.folder / f"{stem}.pem", self.folder / f"{stem}-key.pem")
