@@ -614,3 +614,19 @@ def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_p
 def gib(quantity: str) -> float:
     number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Gi|Ti)", quantity).groups()
     return float(number) * (1024 if unit == "Ti" else 1)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_of_our_images_names_the_registry_pull_secret(overlay):
+    """Item 11: a private registry needs pull credentials; each pod gets them from its
+    ServiceAccount or its own spec."""
+    objects = render(overlay) + render(DEPLOY / "jobs") + render(DEPLOY / "rollout" / overlay)
+    accounts = {a["metadata"]["name"]: a for a in by_kind(objects, "ServiceAccount")}
+    for workload in (o for o in objects if o["kind"] in (*WORKLOADS, "Job")):
+        pod = workload["spec"]["template"]["spec"]
+        if not any(c["image"].startswith("registry.example.com/") for c in pod["containers"]):
+            continue
+        secrets = pod.get("imagePullSecrets") or accounts.get(pod.get("serviceAccountName", ""), {}).get(
+            "imagePullSecrets", [])
+        assert {"name": "visualsearch-registry"} in secrets, workload["metadata"]["name"]
+    assert "visualsearch-registry" in (DEPLOY / "README.md").read_text().split("## Deploy")[0]  # a prerequisite
