@@ -197,7 +197,10 @@ def audit_lines(service, method: str, caller: str, code: str, timeout_s: float =
     ``fields``). A refused call's line follows its status, which reaches the caller first."""
     deadline = time.monotonic() + timeout_s
     while True:
-        lines = [json.loads(line) for line in service.log_path.read_text().splitlines() if '"audit": true' in line]
+        # only whole lines: the service may be writing the last one as the file is read
+        text = service.log_path.read_text()
+        whole = text[:text.rfind("\n") + 1].splitlines()
+        lines = [json.loads(line) for line in whole if '"audit": true' in line]
         found = [line for line in lines if (line["method"], line["caller"], line["code"]) == (method, caller, code)
                  and fields.items() <= line.items()]
         if found or time.monotonic() > deadline:
