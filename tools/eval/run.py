@@ -295,7 +295,10 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
               "postprocess": postprocess, "service_env": variant.service_env, "import_s": import_s,
               "unchanged_reimport_s": reimport_s, "catalog_vectors": vectors,
               "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000),
-              "query_vectors_mean": float(np.mean([a.query_vectors for a in answers])), "kinds": {}}
+              "query_vectors_mean": float(np.mean([a.query_vectors for a in answers])),
+              # what a UI gets: groups per response (each a labelled object with its own matches)
+              "groups_median": float(np.median([len(a.groups) for a in answers])),
+              "groups_max": int(max(len(a.groups) for a in answers)), "kinds": {}}
     for kind in sorted({a.query.kind for a in answers}):
         subset = [a for a in answers if a.query.kind == kind]
         detected = [a for a in subset if a.object_found]
@@ -358,8 +361,8 @@ def write_markdown(path: Path, data: dict, title: str, note: str) -> None:
         "(`make eval-headroom`).",
         "",
         "| variant | embedder | dim | pooling | whole image | INT8 | kind | R@1 object | R@5 object | "
-        "MRR object | R@1 list | R@5 list | object detected | R@1 when detected | p50 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MRR object | R@1 list | R@5 list | MRR list | object detected | R@1 when detected | p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         for kind, k in r["kinds"].items():
@@ -370,13 +373,14 @@ def write_markdown(path: Path, data: dict, title: str, note: str) -> None:
                 f"| {r['variant']} | {r['embedder']} | {r['dimension']} | {r['pooling']} | "
                 f"{'yes' if r['whole_image'] else 'no'} | {'yes' if r['int8'] else 'no'} | {kind} ({o['queries']}) | "
                 f"{o['recall1']:.3f} | {o['recall5']:.3f} | {o['mrr']:.3f} | {lst['recall1']:.3f} | "
-                f"{lst['recall5']:.3f} | {k['object_detected']:.2f} | {detected} | {r['query_p50_ms']:.0f} |")
+                f"{lst['recall5']:.3f} | {lst['mrr']:.3f} | {k['object_detected']:.2f} | {detected} | "
+                f"{r['query_p50_ms']:.0f} |")
     lines += ["", "Similarity of the true match at rank 1 against the best wrong product (object rankings), "
               "and the `min_similarity` that keeps 95 % of true rank-1 matches:", "",
               "| variant | true match (median) | best wrong (median) | recommended min_similarity | "
               "wrong rank-1 answers it removes | queries with nothing detected (R@1) | catalog vectors per image | "
-              "query vectors per photo |",
-              "|---|---|---|---|---|---|---|---|"]
+              "query vectors per photo | groups per response (median / max) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         s, nd = r["similarity"], r["nothing_detected"]
         blind = f"{nd['queries']} ({nd['recall1']:.2f})" if nd["queries"] else "0"
@@ -384,9 +388,10 @@ def write_markdown(path: Path, data: dict, title: str, note: str) -> None:
             per_image = f"{r['catalog_vectors'] / data['set']['catalog_images']:.2f}" \
                 if r.get("catalog_vectors") and data["set"].get("catalog_images") else "-"
             searched = f"{r['query_vectors_mean']:.2f}" if "query_vectors_mean" in r else "-"
+            groups = f"{r['groups_median']:.0f} / {r['groups_max']}" if "groups_median" in r else "-"
             lines.append(f"| {r['variant']} | {s['true_match_median']:.3f} | {s['best_wrong_median']:.3f} | "
                          f"{s['recommended_min_similarity']:.2f} | {s['wrong_rank1_removed']:.2f} | {blind} | "
-                         f"{per_image} | {searched} |")
+                         f"{per_image} | {searched} | {groups} |")
     imports = [r for r in data["results"] if r.get("unchanged_reimport_s")]
     if imports:
         lines += ["", "Importing the catalog with `services.importer` (its defaults), then the same catalog again "
