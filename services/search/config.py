@@ -149,6 +149,12 @@ class Settings:
         "a query photo's detections scoring below this are searched and returned as their own groups, but "
         "not merged into the response's product list (0: every group is merged)",
         float, lambda v: 0 <= v <= 1)
+    list_margin_depth: int = _setting(
+        "VS_LIST_MARGIN_DEPTH", 10,
+        "the product list ranks each listed match by its similarity minus that of its group's Nth product "
+        "(how far it stands out where it was found: a box of background matches many products alike); "
+        "0: by similarity alone",
+        int, lambda v: v >= 0)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",
                                             float, _positive)

@@ -15,18 +15,47 @@ from services.search.milvus_store import Hit
 from services.search.validation import check_batch, check_search
 
 
-def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
+def best_per_product(hits: list[Hit], top_k: int, min_similarity: float) -> list[Hit]:
     """Best hit per product, best first (several images of a product count once)."""
-    matches: list[pb.Match] = []
+    best: list[Hit] = []
     seen: set[str] = set()
     for hit in sorted(hits, key=lambda h: -h.similarity):
-        if len(matches) == top_k or (min_similarity and hit.similarity < min_similarity):
+        if len(best) == top_k or (min_similarity and hit.similarity < min_similarity):
             break
         if hit.fields["product_id"] in seen:
             continue
         seen.add(hit.fields["product_id"])
-        matches.append(mapping.match(hit))
-    return matches
+        best.append(hit)
+    return best
+
+
+def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
+    return [mapping.match(hit) for hit in best_per_product(hits, top_k, min_similarity)]
+
+
+def product_list(groups: list[list[Hit]], top_k: int, min_similarity: float, depth: int) -> list[pb.Match]:
+    """The response's one list from the listed groups. With ``depth``, each match counts by its
+    lead over its group's ``depth``-th product: a box of background (a wall, a table) matches
+    many catalog products almost alike, so even its best match leads by little, while the
+    photographed object's product stands out of its group. Ties, and ``depth`` 0, go by
+    similarity; every match keeps its own similarity, to which ``min_similarity`` applies."""
+    if not depth:
+        return collapse([hit for group in groups for hit in group], top_k, min_similarity)
+    ranked: dict[str, tuple[tuple[float, float], Hit]] = {}
+    for group in groups:
+        best = best_per_product(group, max(top_k, depth), 0.0)
+        if not best:
+            continue
+        floor = best[min(depth, len(best)) - 1].similarity
+        for hit in best:
+            if min_similarity and hit.similarity < min_similarity:
+                break
+            key = (hit.similarity - floor, hit.similarity)
+            pid = hit.fields["product_id"]
+            if pid not in ranked or key > ranked[pid][0]:
+                ranked[pid] = (key, hit)
+    ordered = sorted(ranked.values(), key=lambda entry: entry[0], reverse=True)
+    return [mapping.match(hit) for _, hit in ordered[:top_k]]
 
 
 class Search:
@@ -47,7 +76,8 @@ class Search:
         metrics.OBJECTS_PER_IMAGE.observe(len(rows))
         hits = await timed(
             metrics.MILVUS_SECONDS.labels("search"),
-            asyncio.to_thread(self.backends.store.search, rows.embeddings, query.top_k * self.settings.group_overfetch,
+            asyncio.to_thread(self.backends.store.search, rows.embeddings,
+                              max(query.top_k, self.settings.list_margin_depth) * self.settings.group_overfetch,
                               query.expression),
             remaining())
         min_similarity = objects.min_similarity(query.min_similarity, query.use_recommended_min_similarity, models)
@@ -58,8 +88,8 @@ class Search:
                                          detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]))
             group.matches.extend(collapse(object_hits, query.top_k, min_similarity))
         in_list = objects.listed(rows, self.settings.listed_detection_score)
-        response.products.extend(collapse([h for i, group in enumerate(hits) if in_list[i] for h in group],
-                                          query.top_k, min_similarity))
+        response.products.extend(product_list([group for i, group in enumerate(hits) if in_list[i]], query.top_k,
+                                              min_similarity, self.settings.list_margin_depth))
         return response
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest, remaining: Remaining

@@ -121,7 +121,7 @@ def test_a_faint_detection_keeps_its_group_but_stays_out_of_the_merged_list(sear
     assert [m.product_id for m in response.products] == ["A"]
 
 
-@pytest.mark.parametrize("listed, merged", [("0.005", ["C"]), ("0.05", ["A"])])
+@pytest.mark.parametrize("listed, merged", [("0.005", {"A", "B", "C"}), ("0.05", {"A", "B"})])
 def test_a_tentative_detection_joins_the_merged_list_from_the_listed_score(fake_triton, stocked, backends,
                                                                            listed, merged):
     # 0.02: under VS_CONFIDENT_DETECTION_SCORE (a catalog image would not store it), but the
@@ -129,9 +129,41 @@ def test_a_tentative_detection_joins_the_merged_list_from_the_listed_score(fake_
     search = Search(Settings.from_env({"VS_LISTED_DETECTION_SCORE": listed}), backends)
     fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0.1, 0)), ("cat", 0.02, GREEN),
                                                whole=BLUE)
-    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1), no_deadline))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3, min_similarity=0.5), no_deadline))
     assert [g.matches[0].product_id for g in response.objects[:2]] == ["A", "C"]
-    assert [m.product_id for m in response.products] == merged
+    assert {m.product_id for m in response.products} == merged  # C only through the cat's group
+
+
+def margin_store(fake_store, background: int = 12) -> None:
+    """A catalog with the photographed product P and ``background`` products that all look like
+    one wall: a box of that wall matches every one of them almost alike."""
+    fake_store.rows.clear()
+    wall = unit(0, 0, 1, 0.3)
+    for i in range(background):
+        fake_store.rows[f"w{i}"] = row(f"W{i:02d}", "w", unit(0, 0.01 * i, 1, 0.3 - 0.001 * i))
+    fake_store.rows["p"] = row("P", "p", unit(1, 0, 0, 0))
+    fake_store.rows["q"] = row("Q", "q", unit(0.8, 0.6, 0, 0))
+    return wall
+
+
+@pytest.mark.parametrize("depth, first", [("10", "P"), ("0", "W00")])
+def test_the_list_is_led_by_the_match_that_stands_out_of_its_group_not_the_background(fake_triton, fake_store,
+                                                                                       backends, depth, first):
+    """VS_LIST_MARGIN_DEPTH: the wall's box matches a wall product more closely (0.9999) than the
+    mug matches its product (0.95), but every wall product matches it almost as well, while the
+    mug's product stands out of its own group; by similarity alone (0) the wall would lead."""
+    wall = margin_store(fake_store)
+    search = Search(Settings.from_env({"VS_LIST_MARGIN_DEPTH": depth}), backends)
+    fake_triton.detections[b"photo"] = objects(("cup", 0.6, unit(0.95, 0.31, 0, 0)), ("wall", 0.3, wall),
+                                               whole=unit(0.5, 0.1, 0.5, 0.1))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=5), no_deadline))
+    groups = {g.label: g for g in response.objects}
+    assert groups["wall"].matches[0].similarity > groups["cup"].matches[0].similarity
+    assert response.products[0].product_id == first
+    # a match keeps its similarity (the list's order is not the similarities' when calibrated)
+    listed = {m.product_id: m.similarity for m in response.products}
+    assert listed.get("P", groups["cup"].matches[0].similarity) == groups["cup"].matches[0].similarity
+    assert len({m.product_id for m in response.products}) == len(response.products) == 5
 
 
 def test_with_only_faint_detections_the_merged_list_takes_every_group(search, fake_triton, stocked):
