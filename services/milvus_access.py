@@ -76,8 +76,8 @@ def provision(admin: MilvusClient, user: str, password: str | None, role: str = 
         admin.create_user(user, password)
     elif password:
         # rotating it here would lock out the pods logged in with the old one until they restart
-        raise ValueError(f"user {user!r} exists: rotate its password with update_password and its Secret "
-                         "together (docs/security.md), or leave VS_MILVUS_PASSWORD unset")
+        raise ValueError(f"user {user!r} exists: rotate its password (MilvusClient.update_password) together "
+                         "with the search-secrets Secret, or leave VS_MILVUS_PASSWORD unset")
     if role not in admin.list_roles():
         admin.create_role(role)
     wanted = {privilege for _, privilege in PRIVILEGES}
