@@ -34,16 +34,16 @@ def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Matc
 
 
 def product_list(groups: list[list[Hit]], top_k: int, min_similarity: float, depth: int) -> list[pb.Match]:
-    """The response's one list from the listed groups. With ``depth``, each match counts by its
-    lead over its group's ``depth``-th product: a box of background (a wall, a table) matches
-    many catalog products almost alike, so even its best match leads by little, while the
-    photographed object's product stands out of its group. Ties, and ``depth`` 0, go by
+    """The response's one list from the listed groups, each given as ``best_per_product`` of
+    its hits (at least ``depth`` deep, no similarity floor). With ``depth``, each match counts
+    by its lead over its group's ``depth``-th product: a box of background (a wall, a table)
+    matches many catalog products almost alike, so even its best match leads by little, while
+    the photographed object's product stands out of its group. Ties, and ``depth`` 0, go by
     similarity; every match keeps its own similarity, to which ``min_similarity`` applies."""
     if not depth:
         return collapse([hit for group in groups for hit in group], top_k, min_similarity)
     ranked: dict[str, tuple[tuple[float, float], Hit]] = {}
-    for group in groups:
-        best = best_per_product(group, max(top_k, depth), 0.0)
+    for best in groups:
         if not best:
             continue
         floor = best[min(depth, len(best)) - 1].similarity
@@ -83,12 +83,16 @@ class Search:
         min_similarity = objects.min_similarity(query.min_similarity, query.use_recommended_min_similarity, models)
         response = pb.SearchByImageResponse(whole_image_searched=nothing_detected and query.region is None,
                                             models=mapping.model_info(models))
-        for i, object_hits in enumerate(hits):
+        # each group's best hit per product, once, as deep as the list's margin looks
+        best = [best_per_product(object_hits, max(query.top_k, self.settings.list_margin_depth), 0.0)
+                for object_hits in hits]
+        for i, group_best in enumerate(best):
             group = response.objects.add(box=mapping.box(rows.boxes[i]), label=rows.labels[i],
                                          detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]))
-            group.matches.extend(collapse(object_hits, query.top_k, min_similarity))
+            group.matches.extend(mapping.match(hit) for hit in group_best[:query.top_k]
+                                 if not min_similarity or hit.similarity >= min_similarity)
         in_list = objects.listed(rows, self.settings.listed_detection_score)
-        response.products.extend(product_list([group for i, group in enumerate(hits) if in_list[i]], query.top_k,
+        response.products.extend(product_list([group for i, group in enumerate(best) if in_list[i]], query.top_k,
                                               min_similarity, self.settings.list_margin_depth))
         return response
 

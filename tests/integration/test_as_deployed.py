@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from services.paths import ROOT
@@ -86,14 +87,14 @@ def test_triton_search_and_the_catalog_jobs_start_and_serve_as_deployed(milvus_s
     try:
         triton_pod = pod_of(objects, "Deployment", "triton")
         triton = start(triton_pod, triton_pod["containers"][0], objects,
-                       Mapping(**{**mapping.__dict__, "env": server_env()}), entrypoint("triton.Dockerfile"),
+                       replace(mapping, env=server_env()), entrypoint("triton.Dockerfile"),
                        tmp_path, cwd=ROOT)  # the image's visualsearch.pth: the models' code on the stubs' path
         running.append(triton)
         triton.wait_started()
 
         search_pod = pod_of(objects, "Deployment", "search")
         search = start(search_pod, search_pod["containers"][0], objects,
-                       Mapping(**{**mapping.__dict__, "env": image_env("search.Dockerfile")}),
+                       replace(mapping, env=image_env("search.Dockerfile")),
                        entrypoint("search.Dockerfile"), tmp_path)
         running.append(search)
         search.wait_started()
@@ -113,7 +114,7 @@ def test_triton_search_and_the_catalog_jobs_start_and_serve_as_deployed(milvus_s
         for job in ("catalog-import", "catalog-upgrade"):
             pod = pod_of(objects, "Job", job)
             code, log = run_to_completion(pod, pod["containers"][0], objects,
-                                          Mapping(**{**mapping.__dict__, "env": image_env("search.Dockerfile")}),
+                                          replace(mapping, env=image_env("search.Dockerfile")),
                                           entrypoint("search.Dockerfile"), tmp_path, timeout_s=300)
             assert code == 0, f"{job} failed:\n{log[-3000:]}"
             imported = re.search(r"imported (\d+) products, (\d+) images, \d+ vectors; 0 images failed", log)

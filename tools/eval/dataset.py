@@ -201,11 +201,19 @@ def _scene_canvas(scene: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return img.crop((int(x), int(y), int(x + cw), int(y + ch))).resize(out, Image.Resampling.BILINEAR).convert("RGBA")
 
 
-def _place(canvas: Image.Image, obj: Image.Image, fraction: float, rng: np.random.Generator) -> tuple[int, ...]:
+def _place(canvas: Image.Image, obj: Image.Image, fraction: float, rng: np.random.Generator,
+           centred: bool = False) -> tuple[int, ...]:
+    """Paste ``obj`` at ``fraction`` of the canvas' short side, anywhere (or near the centre);
+    returns its visible box."""
     scale = fraction * min(canvas.size) / max(obj.size)
     obj = obj.resize((max(8, int(obj.width * scale)), max(8, int(obj.height * scale))), Image.Resampling.BILINEAR)
-    left = int(rng.uniform(0, max(1, canvas.width - obj.width)))
-    top = int(rng.uniform(0, max(1, canvas.height - obj.height)))
+    if centred:
+        jitter = rng.uniform(-0.08, 0.08, 2) * np.array(canvas.size)
+        left = int(np.clip((canvas.width - obj.width) / 2 + jitter[0], 0, max(0, canvas.width - obj.width)))
+        top = int(np.clip((canvas.height - obj.height) / 2 + jitter[1], 0, max(0, canvas.height - obj.height)))
+    else:
+        left = int(rng.uniform(0, max(1, canvas.width - obj.width)))
+        top = int(rng.uniform(0, max(1, canvas.height - obj.height)))
     canvas.alpha_composite(obj, (left, top))
     visible = np.asarray(obj.getchannel("A")) > 128
     ys, xs = np.nonzero(visible)
@@ -238,14 +246,7 @@ def centred_photo(obj: Image.Image, scenes: list[np.ndarray],
     canvas = _scene_canvas(scenes[int(rng.integers(len(scenes)))], rng)
     shot = obj.rotate(float(rng.uniform(-15, 15)), Image.Resampling.BILINEAR, expand=True)
     shot = _relight(_perspective(shot, rng, 0.08), rng)
-    scale = float(rng.uniform(0.45, 0.75)) * min(canvas.size) / max(shot.size)
-    shot = shot.resize((max(8, int(shot.width * scale)), max(8, int(shot.height * scale))), Image.Resampling.BILINEAR)
-    jitter = rng.uniform(-0.08, 0.08, 2) * np.array(canvas.size)
-    left = int(np.clip((canvas.width - shot.width) / 2 + jitter[0], 0, max(0, canvas.width - shot.width)))
-    top = int(np.clip((canvas.height - shot.height) / 2 + jitter[1], 0, max(0, canvas.height - shot.height)))
-    canvas.alpha_composite(shot, (left, top))
-    ys, xs = np.nonzero(np.asarray(shot.getchannel("A")) > 128)
-    box = (left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1, top + int(ys.max()) + 1)
+    box = _place(canvas, shot, float(rng.uniform(0.45, 0.75)), rng, centred=True)
     photo = canvas.convert("RGB").filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
     return encode(np.asarray(photo), quality=int(rng.integers(50, 91))), box
 
