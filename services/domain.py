@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 WHOLE_IMAGE_LABEL = "image"  # a photo's (or catalog image's) whole-image row
 REGION_LABEL = "region"  # a caller-given region's row
+TENTATIVE_LABEL = "object"  # a tentative detection's label: its class guess is mostly wrong
 
 
 @dataclass(frozen=True)

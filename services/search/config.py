@@ -150,11 +150,28 @@ class Settings:
         "not merged into the response's product list (0: every group is merged)",
         float, lambda v: 0 <= v <= 1)
     list_margin_depth: int = _setting(
-        "VS_LIST_MARGIN_DEPTH", 10,
+        "VS_LIST_MARGIN_DEPTH", 3,
         "the product list ranks each listed match by its similarity minus that of its group's Nth product "
-        "(how far it stands out where it was found: a box of background matches many products alike); "
-        "0: by similarity alone",
+        "(how far it stands out where it was found: a box of background matches many products alike; "
+        "N = 3 so one near-identical variant next to it does not erase its lead); 0: by similarity alone",
         int, lambda v: v >= 0)
+    list_confidence_weight: float = _setting(
+        "VS_LIST_CONFIDENCE_WEIGHT", 0.05,
+        "the product list adds this times log10(detection score / 0.001) (0 below 0.001) to a detected "
+        "object's matches: what the detector is sure of is more likely what was photographed than a faint "
+        "box of background; the whole photo and a region get none. 0: off",
+        float, lambda v: v >= 0)
+    max_searched_objects: int = _setting(
+        "VS_MAX_SEARCHED_OBJECTS", 4,
+        "detected objects searched per photo (highest detection score first) when the request's max_objects "
+        "is 0: each is one query vector in Milvus, the capacity plan's cost driver",
+        int, _positive)
+    shown_detection_score: float = _setting(
+        "VS_SHOWN_DETECTION_SCORE", 0.25,
+        "detected objects from this score are confident: returned as groups with their class name. Fainter "
+        "searched objects are tentative: they feed the product list but come back (labelled \"object\") only "
+        "when the request sets include_tentative_objects",
+        float, lambda v: 0 <= v <= 1)
     import_idle_timeout_s: float = _setting("VS_IMPORT_IDLE_TIMEOUT_S", 30.0,
                                             "an ImportProducts stream that sends nothing for this long is closed",
                                             float, _positive)

@@ -7,7 +7,12 @@ of them is docs/configuration.md, "Detection"):
 * Triton's postprocess ``score_threshold`` and ``max_objects``: which boxes exist at all;
 * ``VS_CONFIDENT_DETECTION_SCORE``: which boxes of a catalog image are stored (``stored``);
 * ``VS_LISTED_DETECTION_SCORE``: which boxes of a query photo feed the list (``listed``);
-* the request's ``min_detection_score`` and ``max_objects``: which boxes are searched (``searched``).
+* ``VS_SHOWN_DETECTION_SCORE``: which searched boxes are confident, returned as groups with
+  their class name; the others are tentative (``confident``, ``labels``);
+* ``VS_LIST_CONFIDENCE_WEIGHT``: how much a box's detection score lifts its matches in the list
+  (``confidence_bonus``);
+* the request's ``min_detection_score`` and ``max_objects`` (0: ``VS_MAX_SEARCHED_OBJECTS``):
+  which boxes are searched (``searched``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL, ModelVersions
+from services.domain import REGION_LABEL, TENTATIVE_LABEL, WHOLE_IMAGE_LABEL, ModelVersions
 
 
 @dataclass
@@ -67,10 +72,10 @@ def photo(boxes: np.ndarray, scores: np.ndarray, labels: list[str], embeddings: 
 def searched(found: Objects, min_detection_score: float, max_objects: int, skip_whole_image: bool
              ) -> tuple[Objects, bool]:
     """The rows a search sends to Milvus: the detected objects from ``min_detection_score``, at
-    most ``max_objects`` (0 = all) of them, best first; then the whole photo, unless the caller
+    most ``max_objects`` of them, best first; then the whole photo, unless the caller
     skips it and an object is kept. Also whether no detected object was kept."""
     detected = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_detection_score]
-    detected = sorted(detected, key=lambda i: -found.scores[i])[: max_objects or None]
+    detected = sorted(detected, key=lambda i: -found.scores[i])[:max_objects]
     rest = [int(i) for i in np.flatnonzero(~found.detected)]
     if detected and skip_whole_image:
         rest = [i for i in rest if not found.whole[i]]
@@ -84,6 +89,39 @@ def listed(rows: Objects, listed_detection_score: float) -> np.ndarray:
     skipped the whole photo and every box is faint), every row is."""
     chosen = ~rows.detected | (rows.scores >= listed_detection_score)
     return chosen if chosen.any() else np.ones(len(rows), bool)
+
+
+def confident(rows: Objects, shown_detection_score: float) -> np.ndarray:
+    """Which searched rows a response shows by default: the whole photo, a region, and detected
+    objects from ``shown_detection_score``. The others are tentative: a box the detector is
+    unsure of is mostly background or a part, and its class guess names something else."""
+    return ~rows.detected | (rows.scores >= shown_detection_score)
+
+
+def shown(rows: Objects, shown_detection_score: float, include_tentative: bool) -> np.ndarray:
+    """Which searched rows come back as groups: the confident ones, and the tentative ones when
+    the caller asks, or when nothing else would (every box faint and the whole photo skipped)."""
+    chosen = confident(rows, shown_detection_score) | include_tentative
+    return chosen if chosen.any() else np.ones(len(rows), bool)
+
+
+def labels(rows: Objects, shown_detection_score: float) -> list[str]:
+    """Each row's label as a response gives it: a tentative object's class guess is withheld."""
+    sure = confident(rows, shown_detection_score)
+    return [label if sure[i] else TENTATIVE_LABEL for i, label in enumerate(rows.labels)]
+
+
+# The detection score at which the list's confidence bonus starts (below Triton's lowest
+# useful threshold; a bonus of 0 there, 3 x weight at a score of 1).
+BONUS_FLOOR_SCORE = 0.001
+
+
+def confidence_bonus(rows: Objects, weight: float) -> np.ndarray:
+    """What each row's matches gain in the product list: ``weight`` x log10(score / 0.001) for
+    a detected object (0 below 0.001), none for the whole photo or a region. Chosen on one
+    half of the evaluation's products and reported on the other (docs/search-quality.md)."""
+    scores = np.maximum(rows.scores.astype(np.float64), BONUS_FLOOR_SCORE)
+    return np.where(rows.detected, weight * np.log10(scores / BONUS_FLOOR_SCORE), 0.0)
 
 
 def stored(found: Objects, confident_detection_score: float, store_whole_image: bool) -> Objects:

@@ -4,6 +4,10 @@ search for all its objects (nq = objects), collapsed to the best match per produ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
 
 from services.api import pb
 from services.search import mapping, metrics, objects
@@ -29,33 +33,42 @@ def best_per_product(hits: list[Hit], top_k: int, min_similarity: float) -> list
     return best
 
 
-def collapse(hits: list[Hit], top_k: int, min_similarity: float) -> list[pb.Match]:
-    return [mapping.match(hit) for hit in best_per_product(hits, top_k, min_similarity)]
+T = TypeVar("T")
 
 
-def product_list(groups: list[list[Hit]], top_k: int, min_similarity: float, depth: int) -> list[pb.Match]:
-    """The response's one list from the listed groups, each given as ``best_per_product`` of
-    its hits (at least ``depth`` deep, no similarity floor). With ``depth``, each match counts
-    by its lead over its group's ``depth``-th product: a box of background (a wall, a table)
-    matches many catalog products almost alike, so even its best match leads by little, while
-    the photographed object's product stands out of its group. Ties, and ``depth`` 0, go by
-    similarity; every match keeps its own similarity, to which ``min_similarity`` applies."""
-    if not depth:
-        return collapse([hit for group in groups for hit in group], top_k, min_similarity)
-    ranked: dict[str, tuple[tuple[float, float], Hit]] = {}
-    for best in groups:
-        if not best:
+def ranked(groups: Sequence[Sequence[T]], similarity: Callable[[T], float], product: Callable[[T], str],
+           bonuses: Sequence[float], top_k: int, min_similarity: float, depth: int) -> list[T]:
+    """The one list's order: each product once, at most ``top_k``, from groups given best
+    product first (at least ``depth`` deep, no similarity floor), and what each group's matches
+    gain (``objects.confidence_bonus``). With ``depth``, each match counts by its lead over its
+    group's ``depth``-th product: a box of background (a wall, a table) matches many catalog
+    products almost alike, so even its best match leads by little, while the photographed
+    object's product stands out of its group. Ties go by similarity; ``min_similarity`` drops
+    matches by their own similarity. The service and the evaluation's replay
+    (tools/eval/list_rules.py) both rank with this."""
+    best: dict[str, tuple[tuple[float, float], T]] = {}
+    for group, bonus in zip(groups, bonuses, strict=True):
+        if not group:
             continue
-        floor = best[min(depth, len(best)) - 1].similarity
-        for hit in best:
-            if min_similarity and hit.similarity < min_similarity:
+        floor = similarity(group[min(depth, len(group)) - 1]) if depth else 0.0
+        for item in group:
+            sim = similarity(item)
+            if min_similarity and sim < min_similarity:
                 break
-            key = (hit.similarity - floor, hit.similarity)
-            pid = hit.fields["product_id"]
-            if pid not in ranked or key > ranked[pid][0]:
-                ranked[pid] = (key, hit)
-    ordered = sorted(ranked.values(), key=lambda entry: entry[0], reverse=True)
-    return [mapping.match(hit) for _, hit in ordered[:top_k]]
+            key = (sim - floor + bonus, sim)
+            pid = product(item)
+            if pid not in best or key > best[pid][0]:
+                best[pid] = (key, item)
+    ordered = sorted(best.values(), key=lambda entry: entry[0], reverse=True)
+    return [item for _, item in ordered[:top_k]]
+
+
+def product_list(groups: list[list[Hit]], bonuses: list[float], top_k: int, min_similarity: float,
+                 depth: int) -> list[pb.Match]:
+    """The response's one list from the listed groups, each given as ``best_per_product`` of its hits."""
+    hits = ranked(groups, lambda hit: hit.similarity, lambda hit: hit.fields["product_id"], bonuses, top_k,
+                  min_similarity, depth)
+    return [mapping.match(hit) for hit in hits]
 
 
 class Search:
@@ -86,14 +99,21 @@ class Search:
         # each group's best hit per product, once, as deep as the list's margin looks
         best = [best_per_product(object_hits, max(query.top_k, self.settings.list_margin_depth), 0.0)
                 for object_hits in hits]
+        sure = objects.confident(rows, self.settings.shown_detection_score)
+        shown = objects.shown(rows, self.settings.shown_detection_score, query.include_tentative_objects)
+        labels = objects.labels(rows, self.settings.shown_detection_score)
         for i, group_best in enumerate(best):
-            group = response.objects.add(box=mapping.box(rows.boxes[i]), label=rows.labels[i],
-                                         detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]))
+            if not shown[i]:
+                continue
+            group = response.objects.add(box=mapping.box(rows.boxes[i]), label=labels[i],
+                                         detection_score=float(rows.scores[i]), whole_image=bool(rows.whole[i]),
+                                         tentative=not sure[i])
             group.matches.extend(mapping.match(hit) for hit in group_best[:query.top_k]
                                  if not min_similarity or hit.similarity >= min_similarity)
-        in_list = objects.listed(rows, self.settings.listed_detection_score)
-        response.products.extend(product_list([group for i, group in enumerate(best) if in_list[i]], query.top_k,
-                                              min_similarity, self.settings.list_margin_depth))
+        in_list = np.flatnonzero(objects.listed(rows, self.settings.listed_detection_score))
+        bonus = objects.confidence_bonus(rows, self.settings.list_confidence_weight)
+        response.products.extend(product_list([best[i] for i in in_list], [float(bonus[i]) for i in in_list],
+                                              query.top_k, min_similarity, self.settings.list_margin_depth))
         return response
 
     async def batch_search(self, req: pb.BatchSearchByImageRequest, remaining: Remaining

@@ -44,11 +44,12 @@ class SearchQuery:
     top_k: int
     region: Region | None
     expression: str  # Milvus filter expression, '' = everything
-    max_objects: int  # 0 = all
+    max_objects: int  # the request's, or VS_MAX_SEARCHED_OBJECTS for 0
     min_detection_score: float
     min_similarity: float
     skip_whole_image: bool = False
     use_recommended_min_similarity: bool = False
+    include_tentative_objects: bool = False
 
 
 def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuery:
@@ -64,8 +65,9 @@ def check_search(req: pb.SearchByImageRequest, settings: Settings) -> SearchQuer
         raise InvalidInput(f"min_similarity must be -1..1, got {req.min_similarity}")
     expression = build_expression(req.filter)
     region = check_region(req.region, "region") if req.HasField("region") else None
-    return SearchQuery(req.image, top_k, region, expression, req.max_objects, req.min_detection_score,
-                       req.min_similarity, req.skip_whole_image, req.use_recommended_min_similarity)
+    return SearchQuery(req.image, top_k, region, expression, req.max_objects or settings.max_searched_objects,
+                       req.min_detection_score, req.min_similarity, req.skip_whole_image,
+                       req.use_recommended_min_similarity, req.include_tentative_objects)
 
 
 def check_batch(req: pb.BatchSearchByImageRequest, settings: Settings) -> None:

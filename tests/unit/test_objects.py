@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.domain import REGION_LABEL, WHOLE_IMAGE_LABEL
+from services.domain import REGION_LABEL, TENTATIVE_LABEL, WHOLE_IMAGE_LABEL
 from services.search import objects
 from tests.unit.fakes import MODELS, unit
 from tests.unit.fakes import objects as photo_rows
@@ -24,21 +24,39 @@ def test_the_whole_photo_is_always_the_flagged_last_row():
 
 
 def test_a_search_keeps_boxes_from_the_requested_score_best_first_then_the_whole_photo():
-    rows, nothing = objects.searched(photo(), 0.005, 0, False)
+    rows, nothing = objects.searched(photo(), 0.005, 4, False)
     assert rows.labels == ["cup", "bird", WHOLE_IMAGE_LABEL] and not nothing
+    rows, _ = objects.searched(photo(), 0.0, 2, False)
+    assert rows.labels == ["cup", "bird", WHOLE_IMAGE_LABEL]  # the two best boxes, never the third
     rows, _ = objects.searched(photo(), 0.0, 1, True)
     assert rows.labels == ["cup"]  # at most one box, the whole photo skipped
-    rows, nothing = objects.searched(photo(), 0.95, 0, True)
+    rows, nothing = objects.searched(photo(), 0.95, 4, True)
     assert rows.labels == [WHOLE_IMAGE_LABEL] and nothing  # nothing kept: the whole photo despite skip
 
 
 def test_the_list_takes_the_whole_photo_a_region_and_boxes_from_the_listed_score():
-    rows, _ = objects.searched(photo(), 0.0, 0, False)
+    rows, _ = objects.searched(photo(), 0.0, 4, False)
     assert objects.listed(rows, 0.005).tolist() == [True, True, False, True]
-    faint_only, _ = objects.searched(photo(), 0.0, 0, True)  # the whole photo skipped
+    faint_only, _ = objects.searched(photo(), 0.0, 4, True)  # the whole photo skipped
     assert objects.listed(faint_only, 0.95).tolist() == [True, True, True]  # none qualifies: all are listed
     region = objects.single(np.array([1, 2, 3, 4]), unit(1, 1, 0, 0), REGION_LABEL)
     assert objects.listed(region, 0.5).tolist() == [True] and not region.whole[0]
+
+
+def test_only_confident_boxes_are_shown_and_named_the_rest_are_tentative_objects():
+    rows, _ = objects.searched(photo(), 0.0, 4, False)
+    assert objects.confident(rows, 0.25).tolist() == [True, False, False, True]
+    assert objects.labels(rows, 0.25) == ["cup", TENTATIVE_LABEL, TENTATIVE_LABEL, WHOLE_IMAGE_LABEL]
+    assert objects.labels(rows, 0.0) == ["cup", "bird", "clock", WHOLE_IMAGE_LABEL]
+    region = objects.single(np.array([1, 2, 3, 4]), unit(1, 1, 0, 0), REGION_LABEL)
+    assert objects.labels(region, 1.0) == [REGION_LABEL]
+
+
+def test_the_confidence_bonus_grows_with_the_score_and_skips_the_whole_photo():
+    rows, _ = objects.searched(photo(), 0.0, 4, False)  # scores 0.9, 0.01, 0.001, whole photo
+    bonus = objects.confidence_bonus(rows, 0.05)
+    assert np.allclose(bonus, [0.05 * np.log10(900), 0.05, 0.0, 0.0])
+    assert not objects.confidence_bonus(rows, 0.0).any()
 
 
 def test_a_catalog_image_stores_confident_boxes_and_its_whole_image():

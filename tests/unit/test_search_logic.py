@@ -97,7 +97,8 @@ def test_the_whole_photo_is_searched_in_the_same_milvus_call_unless_skipped(sear
     assert [g.label for g in skipped.objects] == ["cat"]
 
 
-def test_one_merged_list_ranks_each_product_once_across_groups(search, fake_triton, stocked):
+def test_one_merged_list_ranks_each_product_once_across_groups(fake_triton, stocked, backends):
+    search = Search(Settings.from_env({"VS_LIST_MARGIN_DEPTH": "0", "VS_LIST_CONFIDENCE_WEIGHT": "0"}), backends)
     fake_triton.detections[b"photo"] = objects(("cat", 0.9, unit(0, 1, 0.2, 0)), whole=unit(1, 0.1, 0, 0))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3), no_deadline))
     merged = [(m.product_id, round(m.similarity, 4)) for m in response.products]
@@ -113,8 +114,10 @@ def test_a_faint_detection_keeps_its_group_but_stays_out_of_the_merged_list(sear
     # 0.003 is under VS_LISTED_DETECTION_SCORE (0.005): a background bit that matches C exactly
     fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0, 0)), ("cat", 0.003, GREEN),
                                                whole=BLUE)
-    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1), no_deadline))
-    assert [g.label for g in response.objects] == ["cup", "cat", "image"]
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1, include_tentative_objects=True),
+                                 no_deadline))
+    assert [g.label for g in response.objects] == ["cup", "object", "image"]  # a faint box's class is withheld
+    assert [g.tentative for g in response.objects] == [False, True, False]
     assert [g.matches[0].product_id for g in response.objects[:2]] == ["A", "C"]
     assert response.objects[1].matches[0].similarity > response.objects[0].matches[0].similarity
     # C matches the tentative cat exactly, the whole photo (BLUE) not at all: the cup's A wins
@@ -129,9 +132,47 @@ def test_a_tentative_detection_joins_the_merged_list_from_the_listed_score(fake_
     search = Search(Settings.from_env({"VS_LISTED_DETECTION_SCORE": listed}), backends)
     fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0.1, 0.1, 0)), ("cat", 0.02, GREEN),
                                                whole=BLUE)
-    response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=3, min_similarity=0.5), no_deadline))
+    request = pb.SearchByImageRequest(image=b"photo", top_k=3, min_similarity=0.5, include_tentative_objects=True)
+    response = run(search.search(request, no_deadline))
     assert [g.matches[0].product_id for g in response.objects[:2]] == ["A", "C"]
     assert {m.product_id for m in response.products} == merged  # C only through the cat's group
+    request.include_tentative_objects = False  # by default the tentative cat's group is not returned
+    response = run(search.search(request, no_deadline))
+    assert [g.label for g in response.objects] == ["cup", "image"]
+    assert {m.product_id for m in response.products} == merged  # but still feeds the list
+
+
+def test_a_photo_searches_at_most_the_configured_boxes_and_shows_only_the_confident_ones(fake_triton, stocked,
+                                                                                        backends):
+    search = Search(Settings.from_env({"VS_MAX_SEARCHED_OBJECTS": "2", "VS_SHOWN_DETECTION_SCORE": "0.5"}),
+                    backends)
+    fake_triton.detections[b"photo"] = objects(("cup", 0.3, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE),
+                                               ("vase", 0.2, RED))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", include_tentative_objects=True),
+                                 no_deadline))
+    assert [g.label for g in response.objects] == ["cat", "bowl", "image"]  # two boxes searched: 3 vectors
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=3), no_deadline))
+    assert [g.label for g in response.objects] == ["cat", "bowl", "image"]  # the third box (0.3) is tentative
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=3,
+                                                         include_tentative_objects=True), no_deadline))
+    assert [(g.label, g.tentative) for g in response.objects] == [("cat", False), ("bowl", False),
+                                                                    ("object", True), ("image", False)]
+
+
+def test_a_confident_box_leads_the_list_over_an_equally_distinct_faint_one(fake_triton, fake_store, backends):
+    """VS_LIST_CONFIDENCE_WEIGHT: two boxes whose best products stand out of their groups alike;
+    the one the detector is sure of (0.9) is more likely what was photographed than a 0.01 box."""
+    fake_store.rows.clear()
+    for pid, vector in (("SURE", unit(1, 0, 0, 0)), ("FAINT", unit(0, 1, 0, 0)), ("X", unit(0, 0, 1, 0))):
+        fake_store.rows[pid] = row(pid, "i", vector)
+    # the faint box matches its product a little more closely: without the bonus it would lead
+    fake_triton.detections[b"photo"] = objects(("cup", 0.9, unit(1, 0, 0.1, 0)), ("cat", 0.01, unit(0, 1, 0.05, 0)),
+                                               whole=unit(0, 0, 0, 1))
+    for weight, first in (("0.05", "SURE"), ("0", "FAINT")):
+        search = Search(Settings.from_env({"VS_LIST_CONFIDENCE_WEIGHT": weight}), backends)
+        response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=2), no_deadline))
+        assert {m.product_id for m in response.products} == {"SURE", "FAINT"}
+        assert response.products[0].product_id == first
 
 
 def margin_store(fake_store, background: int = 12) -> None:
@@ -146,14 +187,14 @@ def margin_store(fake_store, background: int = 12) -> None:
     return wall
 
 
-@pytest.mark.parametrize("depth, first", [("10", "P"), ("0", "W00")])
+@pytest.mark.parametrize("depth, first", [("3", "P"), ("10", "P"), ("0", "W00")])
 def test_the_list_is_led_by_the_match_that_stands_out_of_its_group_not_the_background(fake_triton, fake_store,
                                                                                        backends, depth, first):
     """VS_LIST_MARGIN_DEPTH: the wall's box matches a wall product more closely (0.9999) than the
     mug matches its product (0.95), but every wall product matches it almost as well, while the
     mug's product stands out of its own group; by similarity alone (0) the wall would lead."""
     wall = margin_store(fake_store)
-    search = Search(Settings.from_env({"VS_LIST_MARGIN_DEPTH": depth}), backends)
+    search = Search(Settings.from_env({"VS_LIST_MARGIN_DEPTH": depth, "VS_LIST_CONFIDENCE_WEIGHT": "0"}), backends)
     fake_triton.detections[b"photo"] = objects(("cup", 0.6, unit(0.95, 0.31, 0, 0)), ("wall", 0.3, wall),
                                                whole=unit(0.5, 0.1, 0.5, 0.1))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=5), no_deadline))
@@ -170,7 +211,7 @@ def test_with_only_faint_detections_the_merged_list_takes_every_group(search, fa
     fake_triton.detections[b"photo"] = objects(("cat", 0.003, GREEN), whole=RED)
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", top_k=1, skip_whole_image=True),
                                  no_deadline))
-    assert [g.label for g in response.objects] == ["cat"]
+    assert [(g.label, g.tentative) for g in response.objects] == [("object", True)]  # nothing else to show
     assert [m.product_id for m in response.products] == ["C"]
 
 

@@ -71,6 +71,7 @@ class Query:
     kind: str  # scene | reshot | second_shot
     path: str  # relative to the set's folder
     box: tuple[int, int, int, int] | None  # where the product's object is, when known
+    other_product: str | None = None  # a second catalog product shown in the same photo
 
 
 @dataclass(frozen=True)
@@ -302,9 +303,10 @@ def build(out: Path, cache: Path, max_products: int | None = None, seed: int = 2
         if pid not in photos:
             continue
         for q in range(scene_queries):
-            other = photos[names[int(rng.integers(len(names)))]] if rng.random() < 0.3 else None
-            data, box = scene_photo(stamp, scenes, other if other is not stamp else None, rng)
-            queries.append(_save(out, f"{pid}.scene{q}", pid, "scene", data, box))
+            other = names[int(rng.integers(len(names)))] if rng.random() < 0.3 else None
+            other = other if other != pid else None
+            data, box = scene_photo(stamp, scenes, photos[other] if other else None, rng)
+            queries.append(_save(out, f"{pid}.scene{q}", pid, "scene", data, box, other))
         for q in range(reshot_queries):
             queries.append(_save(out, f"{pid}.reshot{q}", pid, "reshot", reshot_photo(catalog, rng), None))
     rows, queries = _second_shots(out, rows, queries, rng)
@@ -345,7 +347,8 @@ def _second_shots(out: Path, rows: list[dict], queries: list[Query],
     return rows, queries
 
 
-def _save(out: Path, qid: str, pid: str, kind: str, data: bytes, box: tuple[int, ...] | None) -> Query:
+def _save(out: Path, qid: str, pid: str, kind: str, data: bytes, box: tuple[int, ...] | None,
+          other_product: str | None = None) -> Query:
     path = f"queries/{qid}.jpg"
     (out / path).write_bytes(data)
-    return Query(qid, pid, kind, path, tuple(int(v) for v in box) if box else None)
+    return Query(qid, pid, kind, path, tuple(int(v) for v in box) if box else None, other_product)
