@@ -17,19 +17,23 @@ from tools.eval.run import import_catalog, run_queries, scores
 from tools.stack.local_stack import local_stack
 
 SLICE_PRODUCTS = 24
-# This slice measured scene 0.854 (41 of 48) with the shipped settings (detections from 0.002,
-# the whole image as the mean of 4 views), 0.729 (35 of 48) with the previous ones (from 0.01, one
-# view) and 0.646 (31 of 48) with every box from 0.05; re-shots 1.0 with all three.
-MIN_RECALL1 = {"scene": 0.77, "reshot": 0.9}
+# Recall@1 of the list the caller reads. With the shipped settings this slice measured list
+# scene 0.438 (21 of 48; its best groups 0.604), scene_centred 0.625 (15 of 24; groups 0.833),
+# re-shots 1.0; the thresholds sit three queries below (sampling noise of a small slice). The
+# previous list, by similarity alone, put a background look-alike first: scene 0.08 in `make
+# eval`. The full evaluation's figures are in docs/evaluation.md.
+BACKGROUND_DISTRACTORS = 200
+MIN_LIST_RECALL1 = {"scene": 18 / 48, "scene_centred": 12 / 24, "reshot": 0.9}
 
 
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quality")
     try:
-        # no look-alike distractors here: `make eval` measures them (2,000 products cut from the
-        # scene photos), which no list rule holds yet (issue: the one list)
-        evalset = dataset.build(folder / "set", default_cache(), max_products=SLICE_PRODUCTS, background_distractors=0)
+        # a tenth of `make eval`'s look-alike distractors (products cut from the scene photos'
+        # pools): enough for backgrounds to compete for the list's first place
+        evalset = dataset.build(folder / "set", default_cache(), max_products=SLICE_PRODUCTS,
+                                background_distractors=BACKGROUND_DISTRACTORS)
     except debian.PackageUnavailable as exc:
         require(None, "the evaluation photos (Debian packages)", f"apt-get download must work: {exc}")
     reshots = [q for q in evalset.queries if q.kind == "reshot"]
@@ -42,19 +46,14 @@ def evaluation(tmp_path_factory):
     return answers, blind
 
 
-@pytest.mark.parametrize("kind", sorted(MIN_RECALL1))
-def test_shoppers_photos_find_their_product_at_rank_1(evaluation, kind):
+@pytest.mark.parametrize("kind", sorted(MIN_LIST_RECALL1))
+def test_shoppers_photos_find_their_product_first_in_the_list(evaluation, kind):
+    """The list the caller reads, not only a group: the photographed product leads it."""
     answers, _ = evaluation
-    got = scores([a for a in answers if a.query.kind == kind], "object")
+    of_kind = [a for a in answers if a.query.kind == kind]
+    got = scores(of_kind, "list")
     assert got["queries"] >= SLICE_PRODUCTS
-    assert got["recall1"] >= MIN_RECALL1[kind], got
-
-
-def test_a_reshot_catalog_photo_leads_the_merged_list(evaluation):
-    """The list the caller reads, not only the group: a re-shot catalog photo is its first product."""
-    answers, _ = evaluation
-    got = scores([a for a in answers if a.query.kind == "reshot"], "list")
-    assert got["queries"] >= SLICE_PRODUCTS and got["recall1"] >= MIN_RECALL1["reshot"], got
+    assert got["recall1"] >= MIN_LIST_RECALL1[kind], (got, "best groups:", scores(of_kind, "object"))
 
 
 def test_a_real_second_photo_finds_the_product_in_the_top_5(evaluation):
@@ -67,4 +66,4 @@ def test_a_photo_in_which_nothing_is_detected_still_finds_its_product(evaluation
     _, blind = evaluation
     assert all(a.nothing_detected for a in blind)
     got = scores(blind, "list")
-    assert got["recall1"] >= MIN_RECALL1["reshot"], got
+    assert got["recall1"] >= MIN_LIST_RECALL1["reshot"], got

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
 
@@ -131,28 +132,38 @@ def test_nothing_detected_searches_the_whole_image_and_says_so(service, catalog,
     assert top_product(response.objects[0]) == "rocket-001"
 
 
-def test_tentative_detections_get_their_groups_and_the_list_merges_those_from_the_listed_score(
-        service, catalog, photos):
+def test_tentative_detections_feed_the_list_and_come_back_only_when_asked(service, catalog, photos):
     defaults = Settings.from_env({})
     depth = defaults.list_margin_depth
-    response = search(service, encode(photos["rocket"].pixels), top_k=depth)  # groups as deep as the list looks
-    tentative = [g for g in response.objects if not g.whole_image]
-    # the rocket is no COCO class: the detector keeps only low-scoring boxes on this photo
-    assert tentative and all(g.detection_score < defaults.confident_detection_score and g.matches
-                             for g in tentative)
-    assert not response.whole_image_searched
-    whole = response.objects[-1]
-    assert whole.whole_image and top_product(whole) == "rocket-001"
+    image = encode(photos["rocket"].pixels)
+    asked = search(service, image, top_k=depth, include_tentative_objects=True)  # groups as deep as the list looks
+    tentative = [g for g in asked.objects if not g.whole_image]
+    # the rocket is no COCO class: the detector keeps only low-scoring boxes on this photo, at
+    # most VS_MAX_SEARCHED_OBJECTS of them, and their class guesses are withheld
+    assert 0 < len(tentative) <= defaults.max_searched_objects
+    assert all(g.tentative and g.label == "object" and g.detection_score < defaults.shown_detection_score
+               and g.matches for g in tentative)
+    assert not asked.whole_image_searched
+    whole = asked.objects[-1]
+    assert whole.whole_image and not whole.tentative and top_product(whole) == "rocket-001"
+    # by default only the whole photo comes back as a group; the list is the same
+    default = search(service, image, top_k=depth)
+    assert [g.label for g in default.objects] == ["image"]
+    assert [m.product_id for m in default.products] == [m.product_id for m in asked.products]
     # the list: each product once, from the whole photo and the listed groups, by its best lead
-    # over its group's depth-th product (VS_LIST_MARGIN_DEPTH), keeping its similarity
+    # over its group's depth-th product (VS_LIST_MARGIN_DEPTH) plus its box's confidence bonus
+    # (VS_LIST_CONFIDENCE_WEIGHT x log10(score / 0.001)), keeping its similarity
     best: dict[str, tuple[float, float]] = {}
-    for group in response.objects:
+    for group in asked.objects:
         if group.whole_image or group.detection_score >= defaults.listed_detection_score:
             floor = group.matches[min(depth, len(group.matches)) - 1].similarity
+            bonus = 0.0 if group.whole_image else defaults.list_confidence_weight * math.log10(
+                max(group.detection_score, 0.001) / 0.001)
             for m in group.matches:
-                best[m.product_id] = max(best.get(m.product_id, (-2.0, -2.0)), (m.similarity - floor, m.similarity))
-    expected = [(pid, key[1]) for pid, key in sorted(best.items(), key=lambda item: item[1], reverse=True)][:depth]
-    assert [(m.product_id, m.similarity) for m in response.products] == expected
+                key = (m.similarity - floor + bonus, m.similarity)
+                best[m.product_id] = max(best.get(m.product_id, (-2.0, -2.0)), key)
+    expected = [pid for pid, _ in sorted(best.items(), key=lambda item: item[1], reverse=True)][:depth]
+    assert [m.product_id for m in asked.products] == expected
 
 
 def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, photos):
