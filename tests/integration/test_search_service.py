@@ -351,11 +351,15 @@ def test_idle_import_streams_holding_every_write_slot_never_starve_searches(trit
         release.wait(30)  # then idles, holding its write slot
 
     def hold() -> grpc.StatusCode:
-        try:
-            svc.catalog.ImportProducts(idle_stream(), timeout=60)
-            return grpc.StatusCode.OK
-        except grpc.RpcError as exc:
-            return exc.code()
+        while True:
+            try:
+                svc.catalog.ImportProducts(idle_stream(), timeout=60)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                # A probing delete can hold a write slot just as this stream arrives: try again.
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or release.is_set():
+                    return exc.code()
+                time.sleep(0.05)
 
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
