@@ -129,6 +129,8 @@ VARIANTS = {v.name: v for v in [
     Variant("shipped-256-learned", dimension=256, projection="learned",
             description="shipped with a 256-d learned whitening (fitted on matching pairs, regions and cut-outs, "
                         "made of mate-backgrounds photos; tools/models/whitening.py)"),
+    Variant("shipped-512-learned", dimension=512, projection="learned",
+            description="shipped-256-learned at 512 dimensions (the capacity plan's middle point)"),
     Variant("shipped-256-learned-float", dimension=256, projection="learned", int8=False,
             description="shipped-256-learned, detector and embedder float (as GPU pods serve it)"),
     Variant("shipped-learned-regions", dimension=1280, projection="learned-regions",
