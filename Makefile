@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD := build
 export PYTHONPATH := $(CURDIR)/$(BUILD)/gen:$(CURDIR)
 
-.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write bench-scale eval eval-headroom
+.PHONY: venv proto proto-check models monitoring-tools test test-unit lint run stop triton clean loadtest loadtest-payload bench bench-tls bench-write bench-scale capacity-plan eval eval-headroom
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements/dev.txt
@@ -88,11 +88,17 @@ bench: venv proto models
 bench-write: venv proto
 	$(PY) -m tools.bench.write
 
-# Index types at a million vectors on the real Milvus server (docs/benchmarks-scale.md, docs/scale/);
-# about 25 minutes on 2 cores (HNSW, IVF_FLAT, IVF_SQ8). SCALE_ARGS, e.g. --vectors 200000 --index-types HNSW,IVF_SQ8.
-SCALE_ARGS ?= --vectors 1000000 --index-types IVF_SQ8,IVF_FLAT,HNSW --build-timeout-s 1200
+# Index types at one size on the real Milvus server (docs/benchmarks-scale.md, docs/scale/<run>.json);
+# about 20 minutes on 2 cores at a million 1280-d vectors (HNSW). SCALE_ARGS, e.g.
+# --vectors 3000000 --dimension 256 --segment-max-mb 2048 --index-types HNSW,IVF_SQ8.
+SCALE_ARGS ?= --vectors 1000000 --segment-max-mb 2048 --index-types HNSW --build-timeout-s 3600
 bench-scale: venv proto models
 	$(PY) -m tools.bench.scale $(SCALE_ARGS)
+	$(PY) -m tools.bench.scale --report
+
+# docs/capacity-plan.md from every run in docs/scale/ (seconds; no servers).
+capacity-plan: venv
+	$(PY) -m tools.bench.capacity
 
 # What TLS and mutual TLS cost SearchByImage (docs/benchmarks-tls.md).
 bench-tls: venv proto models

@@ -582,9 +582,10 @@ def test_the_in_cluster_ghz_job_balances_over_every_search_pod(tmp_path):  # D21
 
 
 def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_path):
-    """Item 10: query nodes that schedule, two loaded copies, and MinIO / Pulsar volumes that
-    hold the catalog, all equal to what the plan computes from docs/scale/1000000.json."""
-    from tools.bench.scale import PLAN, RESULTS, plan, storage
+    """Query nodes that schedule, two loaded copies, the segment size measured, and MinIO /
+    Pulsar volumes that hold the catalog, all equal to what tools/bench/capacity.py computes
+    from the measured runs (docs/scale/*.json) for the configuration it plans."""
+    from tools.bench.capacity import PLAN, PLANNED, planned
 
     copy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, copy)
@@ -594,16 +595,19 @@ def test_the_30m_component_sizes_milvus_as_the_measured_capacity_plan_says(tmp_p
     overlay.write_text(yaml.safe_dump(kustomization))
     objects = render(overlay.parent)
     milvus = by_kind(objects, "Milvus")[0]["spec"]
-    run = json.loads((RESULTS / "1000000.json").read_text())
+    figures, volumes = planned()
     query = milvus["components"]["queryNode"]
-    assert query["replicas"] == plan(run, "HNSW")["query_nodes"]
-    assert named(objects, "ConfigMap", "search-config")["data"]["VS_MILVUS_REPLICAS"] == str(PLAN["replicas"])
+    assert query["replicas"] == figures["query_nodes"]
+    search_config = named(objects, "ConfigMap", "search-config")["data"]
+    assert search_config["VS_MILVUS_REPLICAS"] == str(PLAN["replicas"])
+    assert search_config["VS_MILVUS_SHARDS"] == str(PLAN["shards"])
+    assert search_config["VS_INDEX_TYPE"] == PLANNED["index_type"]
+    assert milvus["config"]["dataCoord"]["segment"]["maxSize"] == PLANNED["segment_max_mb"]
     # a query node's requests fit the allocatable of the node the plan names (its capacity less
     # ~1 core and 6 GiB kept by the kubelet and system daemons), and hold the share the plan uses
     cpu, memory_gib = float(query["resources"]["requests"]["cpu"]), gib(query["resources"]["requests"]["memory"])
     assert PLAN["node_cores"] * PLAN["usable"] <= cpu <= PLAN["node_cores"] - 1
     assert PLAN["node_memory_gib"] * PLAN["usable"] <= memory_gib <= PLAN["node_memory_gib"] - 6
-    volumes = storage(run, "HNSW")
     minio = milvus["dependencies"]["storage"]["inCluster"]["values"]
     assert minio["mode"] == "distributed" and gib(minio["persistence"]["size"]) == volumes["minio_drive_gib"]
     ledgers = milvus["dependencies"]["pulsar"]["inCluster"]["values"]["bookkeeper"]["volumes"]["ledgers"]

@@ -66,9 +66,10 @@ def clustered_vectors(centers: np.ndarray, n: int, seed: int, noise: float = 0.3
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def real_centers(count: int) -> np.ndarray:
-    """Embeddings of random crops of the shipped photos, through the served embedder."""
-    pipeline = LocalPipeline.from_repository()
+def real_centers(count: int, pipeline: LocalPipeline | None = None) -> np.ndarray:
+    """Embeddings of random crops of the shipped photos, through the served embedder (or
+    ``pipeline``'s)."""
+    pipeline = pipeline or LocalPipeline.from_repository()
     rng = np.random.default_rng(0)
     sources = list(distractor_sources().values()) + [p.pixels for p in load_photos().values()]
     crops = []

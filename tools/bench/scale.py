@@ -1,20 +1,26 @@
 """``make bench-scale``: index types at catalog scale on the real Milvus 2.3.5 server.
 
-One collection of ``--vectors`` unit vectors of the served dimension (scattered around real
-embeddings of photo crops, as ``make bench`` builds them: random vectors flatter no index),
-each row with one of ``--categories`` categories. For every index type in turn (the index is
-dropped and built again on the same rows): build time, the server's resident memory once
-loaded, recall@10 against exact inner-product search, p50/p99 for nq=1 and nq=8, and the same
-with a category filter. Then the same rows in a collection whose category is the partition
-key, searched with and without the filter: what a partition key does to both.
+One collection of ``--vectors`` unit vectors of ``--dimension`` (default: the served one;
+scattered around real embeddings of photo crops through the embedder projected to that
+dimension, as ``make bench`` builds them: random vectors flatter no index), each row with one
+of ``--categories`` categories, on a server whose segments grow to ``--segment-max-mb``
+(Milvus' ``dataCoord.segment.maxSize``, 512 by default). For every index type in turn (the
+index is dropped and built again on the same rows): build time, the server's resident memory
+once loaded, the sealed segments it searches, recall@10 against exact inner-product search,
+p50/p99 for nq=1, nq=5 (a photo at the service's defaults) and nq=8, and nq=1/8 with a category
+filter. Then, optionally, the same rows in a collection whose category is the partition key.
 
-    python -m tools.bench.scale [--vectors 1000000] [--index-types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ,DISKANN]
+    python -m tools.bench.scale [--vectors 1000000] [--dimension 256] [--segment-max-mb 2048]
+                                [--index-types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ,DISKANN]
 
-Results go to docs/scale/<vectors>.json; ``--report`` writes docs/benchmarks-scale.md (with the
-capacity table of docs/capacity-plan.md, from the largest run) from every results file there.
-On 2 cores, 1,000,000 1280-d vectors took 3-6 minutes per index (HNSW, IVF_FLAT, IVF_SQ8) and
-about 25 minutes in all; IVF_PQ builds slowly and DISKANN never finished on the standalone
-server (``--build-timeout-s`` reports an index not built in time and moves on).
+Results go to docs/scale/<vectors>.json (served dimension, default segments) or
+docs/scale/<vectors>-<dimension>d-<segment MB>mb.json; ``--report`` writes
+docs/benchmarks-scale.md from every results file there; ``python -m tools.bench.capacity``
+turns them into docs/capacity-plan.md.
+On 2 cores, 1,000,000 1280-d vectors took 3-6 minutes per index with 512 MB segments (HNSW,
+IVF_FLAT, IVF_SQ8; about 25 minutes in all) and 20 minutes for HNSW with 2048 MB segments;
+3,000,000 256-d vectors about 25 minutes for HNSW and IVF_SQ8. IVF_PQ builds slowly and
+DISKANN never finished on the standalone server (``--build-timeout-s`` reports an index not built in time and moves on).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,7 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from services.paths import BUILD, ROOT
+from services.search.config import Settings
 from tools.bench.common import clustered_vectors, machine, pct, real_centers
+from tools.cache import default_cache
+from tools.models import build
+from tools.models.local_pipeline import LocalPipeline
 from tools.stack.milvus_processes import MilvusServer
 
 log = logging.getLogger("tools.bench.scale")
@@ -38,6 +47,9 @@ log = logging.getLogger("tools.bench.scale")
 RESULTS = ROOT / "docs" / "scale"
 INSERT_ROWS = 5000
 ROUNDS = 40  # searches per latency figure
+DEFAULT_SEGMENT_MB = 512  # Milvus 2.3's dataCoord.segment.maxSize
+PHOTO_NQ = Settings().max_searched_objects + 1  # query vectors of one photo at the service's defaults
+NQ = (1, PHOTO_NQ, 8)
 INDEXES = {  # index build and search parameters per type; the service's defaults where it has them
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
     "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
@@ -133,20 +145,49 @@ def searches(client, name: str, index_type: str, queries: np.ndarray, truth: lis
 
 def search_figures(client, name: str, index_type: str, queries: np.ndarray, truth: list[set[int]],  # noqa: ANN001
                    filtered: list[set[int]], query_category: np.ndarray) -> dict:
-    """nq=1 and nq=8, without and with the category filter."""
+    """Each nq of NQ unfiltered; nq=1 and nq=8 with the category filter."""
     figures = {}
-    for nq in (1, 8):
+    for nq in NQ:
         figures[f"nq{nq}"] = searches(client, name, index_type, queries, truth, nq)
+    for nq in (1, 8):
         figures[f"nq{nq}_filtered"] = searches(client, name, index_type, queries, filtered, nq, query_category)
     return figures
+
+
+def sealed_segments(uri: str, name: str) -> int:
+    """Segments the query node searches for ``name`` (one per sealed segment, after compaction)."""
+    from pymilvus import connections, utility
+
+    connections.connect("segments", uri=uri)
+    try:
+        return len(utility.get_query_segment_info(name, using="segments"))
+    finally:
+        connections.disconnect("segments")
+
+
+def pipeline_for(dimension: int) -> tuple[LocalPipeline, int]:
+    """The pipeline whose embedder gives ``dimension`` (0: the served one, as served): the served
+    embedder projected the way its shipped projection is fitted, at that dimension."""
+    served = LocalPipeline.from_repository()
+    served_dimension = int(served.embedder_manifest["serving"]["output"]["shape"][0])
+    if dimension in (0, served_dimension):
+        return served, served_dimension
+    folder = build.builtin_model(served.embedder_manifest["name"], default_cache(), dimension=dimension)
+    return LocalPipeline.with_embedder(folder), dimension
+
+
+def result_path(vectors: int, dimension: int, segment_mb: int, served_dimension: int) -> Path:
+    if (dimension, segment_mb) == (served_dimension, DEFAULT_SEGMENT_MB):
+        return RESULTS / f"{vectors}.json"  # the name of the first runs'
+    return RESULTS / f"{vectors}-{dimension}d-{segment_mb}mb.json"
 
 
 def run(args: argparse.Namespace) -> dict:
     from pymilvus import MilvusClient
 
     rng = np.random.default_rng(7)
-    centers = real_centers(400)
-    dimension = centers.shape[1]
+    pipeline, dimension = pipeline_for(args.dimension)
+    centers = real_centers(400, pipeline)
     log.info("making %d vectors of %d dimensions", args.vectors, dimension)
     vectors = np.concatenate([clustered_vectors(centers, min(100_000, args.vectors - i), seed=i)
                               for i in range(0, args.vectors, 100_000)])
@@ -156,8 +197,9 @@ def run(args: argparse.Namespace) -> dict:
     truth = exact_top10(vectors, queries)
     filtered = exact_top10(vectors, queries, categories[None, :] == query_category[:, None])
     result: dict = {"machine": machine(), "vectors": len(vectors), "dimension": dimension,
-                    "categories": args.categories, "indexes": {}}  # machine() carries the date
-    server = MilvusServer(args.work / "milvus").start()
+                    "segment_max_mb": args.segment_max_mb, "categories": args.categories,
+                    "indexes": {}}  # machine() carries the date
+    server = MilvusServer(args.work / "milvus", config={"dataCoord.segment.maxSize": args.segment_max_mb}).start()
     try:
         client = MilvusClient(uri=server.uri, timeout=600)
         idle_rss = server_rss_bytes(server)
@@ -177,6 +219,7 @@ def run(args: argparse.Namespace) -> dict:
                 log.info("%s: %s", index_type, entry["error"])
                 continue
             time.sleep(5)
+            entry["segments"] = sealed_segments(server.uri, "scale")
             entry["rss_bytes"] = server_rss_bytes(server)
             entry["rss_over_idle_bytes"] = entry["rss_bytes"] - idle_rss
             entry.update(search_figures(client, "scale", index_type, queries, truth, filtered, query_category))
@@ -200,127 +243,75 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def load_runs() -> list[dict]:
+    """Every results file, by (dimension, segment size, vectors); older files lack the segment size."""
+    runs = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+    for r in runs:
+        r.setdefault("segment_max_mb", DEFAULT_SEGMENT_MB)
+    return sorted(runs, key=lambda r: (-r["dimension"], r["segment_max_mb"], r["vectors"]))
+
+
+def _latency(e: dict, key: str) -> str:
+    return f"{e[key]['p50_ms']:.1f} / {e[key]['p99_ms']:.1f}" if key in e else "not measured"
+
+
 def report(out: Path) -> str:
     """docs/benchmarks-scale.md from every results file in docs/scale/."""
-    runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"), key=lambda p: int(p.stem))]
+    runs = load_runs()
     lines = ["# Milvus at catalog scale (`make bench-scale`)", "",
              "Generated by `python -m tools.bench.scale --report` from docs/scale/*.json (one file per run of "
-             "`python -m tools.bench.scale --vectors N`). The real Milvus 2.3.5 standalone server (the `milvus` "
-             "wheel). Vectors: unit vectors of the served dimension scattered around 400 real embeddings of photo "
-             "crops; each row has one of the categories; recall@10 against exact inner-product search (filtered: "
-             "against exact search within the category). Memory: the server's resident set once the collection is "
-             "loaded, less the idle server's; per vector = that / vectors (an upper bound: memory the server took "
-             "while inserting or for an earlier index is not always returned to the system, which shows most at "
-             "small sizes). Latency: 40 calls, Bounded consistency, from the same machine.", ""]
+             "`python -m tools.bench.scale --vectors N [--dimension D] [--segment-max-mb S]`). The real Milvus "
+             "2.3.5 standalone server (the `milvus` wheel). Vectors: unit vectors scattered around 400 real "
+             "embeddings of photo crops (through the served embedder, projected to the run's dimension by its "
+             "learned whitening); each row has one of the categories; recall@10 against exact inner-product search "
+             "(filtered: against exact search within the category). Memory: the server's resident set once the "
+             "collection is loaded, less the idle server's; per vector = that / vectors (an upper bound: memory "
+             "the server took while inserting or for an earlier index is not always returned to the system, which "
+             "shows most at small sizes). Segments: the sealed segments the query node searches (runs before "
+             "2026-12-06 did not count them). Latency: 40 calls, Bounded consistency, from the same machine; "
+             f"nq={PHOTO_NQ} is one photo at the service's defaults. docs/capacity-plan.md "
+             "(`python -m tools.bench.capacity`) turns these into a plan.", ""]
     for run in runs:
         n = run["vectors"]
-        lines += [f"## {n:,} vectors of {run['dimension']} dimensions, {run['categories']} categories", "",
+        lines += [f"## {n:,} vectors of {run['dimension']} dimensions, segments up to {run['segment_max_mb']} MB, "
+                  f"{run['categories']} categories", "",
                   f"Machine: {run['machine']}. Insert + flush: {run['insert_s']:.0f} s "
                   f"({n / run['insert_s']:.0f} rows/s).", "",
-                  "| index | params | build s | load s | memory GB | bytes/vector | recall@10 | nq=1 p50 / p99 ms "
-                  "| nq=8 p50 / p99 ms | filtered recall@10 | filtered nq=1 p50 / p99 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| index | params | build s | load s | memory GB | bytes/vector | segments | recall@10 "
+                  f"| nq=1 p50 / p99 ms | nq={PHOTO_NQ} p50 / p99 ms | nq=8 p50 / p99 ms | filtered recall@10 "
+                  "| filtered nq=1 p50 / p99 ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in run["indexes"].items():
             if "error" in e:
-                lines.append(f"| {name} | `{json.dumps(e['params'][0])}` | not built: {e['error']} |||||||||")
+                lines.append(f"| {name} | `{json.dumps(e['params'][0])}` | not built: {e['error']} |||||||||||")
                 continue
             over = e["rss_over_idle_bytes"]
             lines.append(
                 f"| {name} | `{json.dumps(e['params'][0])}` `{json.dumps(e['params'][1])}` | {e['build_s']:.0f} | "
-                f"{e['load_s']:.0f} | {over / 1e9:.2f} | {over / n:.0f} | {e['nq1']['recall10']:.3f} | "
-                f"{e['nq1']['p50_ms']:.1f} / {e['nq1']['p99_ms']:.1f} | {e['nq8']['p50_ms']:.1f} / "
-                f"{e['nq8']['p99_ms']:.1f} | {e['nq1_filtered']['recall10']:.3f} | "
-                f"{e['nq1_filtered']['p50_ms']:.1f} / {e['nq1_filtered']['p99_ms']:.1f} |")
+                f"{e['load_s']:.0f} | {over / 1e9:.2f} | {over / n:.0f} | {e.get('segments', '-')} | "
+                f"{e['nq1']['recall10']:.3f} | {_latency(e, 'nq1')} | {_latency(e, f'nq{PHOTO_NQ}')} | "
+                f"{_latency(e, 'nq8')} | {e['nq1_filtered']['recall10']:.3f} | {_latency(e, 'nq1_filtered')} |")
         pk = run.get("partition_key")
         if pk:
             plain = run["indexes"].get(pk["index_type"], {})
             lines += ["", f"Category as the partition key ({pk['index_type']}, same rows, same filtered queries):", "",
                       "| collection | filtered nq=1 p50 / p99 ms | filtered nq=8 p50 / p99 ms | filtered recall@10 "
                       "| unfiltered nq=1 p50 / p99 ms | unfiltered nq=8 p50 / p99 ms |", "|---|---|---|---|---|---|"]
-
-            def latency(e: dict, key: str) -> str:
-                return f"{e[key]['p50_ms']:.1f} / {e[key]['p99_ms']:.1f}" if key in e else "not measured"
-
             for label, e in (("category a plain field", plain), ("category the partition key", pk)):
                 if "nq1_filtered" in e:
-                    lines.append(f"| {label} | {latency(e, 'nq1_filtered')} | {latency(e, 'nq8_filtered')} | "
-                                 f"{e['nq1_filtered']['recall10']:.3f} | {latency(e, 'nq1')} | {latency(e, 'nq8')} |")
+                    lines.append(f"| {label} | {_latency(e, 'nq1_filtered')} | {_latency(e, 'nq8_filtered')} | "
+                                 f"{e['nq1_filtered']['recall10']:.3f} | {_latency(e, 'nq1')} | {_latency(e, 'nq8')} |")
         lines.append("")
-        if run is runs[-1]:  # the plan scales the largest run
-            lines += [f"Capacity for {PLAN['images']:,} catalog images from this run (docs/capacity-plan.md "
-                      f"explains it): `{json.dumps(PLAN)}`", "", *capacity(run), ""]
     out.write_text("\n".join(lines))
     return out.read_text()
-
-
-# -- the capacity plan: the measured figures, scaled to 30 million catalog images ------------------
-PLAN = {
-    "images": 30_000_000,
-    "rows_per_image": 3.0,  # objects + whole image; 2.5 measured on the eval catalog (studio shots)
-    "scalar_bytes_per_row": 400,  # the service's fields besides the vector (ids, box, title, attributes, key)
-    "node_memory_gib": 64, "node_cores": 16, "usable": 0.7,  # a query node, and the share kept for segments
-    # SearchByImage/s; query vectors per photo (the whole photo + the boxes from score 0.002, at
-    # most 28): 12.25 measured by `make eval` on its photos (docs/evaluation.md, shipped)
-    "searches_per_s": 100, "vectors_per_search": 12.3,
-    "replicas": 2,
-    # Storage. MinIO (distributed, 4 servers x 1 drive: erasure parity 2, half the raw bytes
-    # usable) holds the binlogs and the index files; compaction rewrites segments beside the
-    # old ones until they are collected, hence the headroom. Pulsar keeps every insert for
-    # its retention (Milvus' 7 days), written to 2 of 3 bookies: the whole catalog's initial
-    # import sits in it at once.
-    "minio_servers": 4, "minio_usable": 0.5, "storage_headroom": 1.5,
-    "bookies": 3, "write_quorum": 2, "wal_headroom": 1.3, "wal_bytes_per_row_overhead": 200,
-}
-
-
-def plan(run: dict, index_type: str) -> dict:
-    """PLAN's figures for one index type of one run: memory and CPU, query nodes for each."""
-    p, e = PLAN, run["indexes"][index_type]
-    rows = p["images"] * p["rows_per_image"]
-    node_bytes = p["node_memory_gib"] * 2**30 * p["usable"]
-    memory = rows * (e["rss_over_idle_bytes"] / run["vectors"] + p["scalar_bytes_per_row"])
-    # nq=8 p50 on the bench machine's cores, per query vector, per million rows: an upper
-    # bound (both cores counted busy). Milvus searches every segment, so cost grows with rows.
-    cores_here = int(re.search(r"(\d+) cores", run["machine"]).group(1))
-    core_ms = e["nq8"]["p50_ms"] * cores_here / 8 / (run["vectors"] / 1e6)
-    cores = p["searches_per_s"] * p["vectors_per_search"] * core_ms * rows / 1e6 / 1000
-    memory_nodes = int(np.ceil(memory / node_bytes))
-    cpu_nodes = int(np.ceil(cores / (p["node_cores"] * p["usable"])))
-    return {"memory_bytes": memory, "memory_nodes": memory_nodes, "core_ms": core_ms, "cores": cores,
-            "cpu_nodes": cpu_nodes, "query_nodes": max(memory_nodes, cpu_nodes) * p["replicas"]}
-
-
-def storage(run: dict, index_type: str) -> dict:
-    """PLAN's object store and message queue volumes for one index type: GiB per MinIO drive
-    and per bookie ledger volume, from the row bytes and the measured index bytes."""
-    p, e = PLAN, run["indexes"][index_type]
-    rows = p["images"] * p["rows_per_image"]
-    row_bytes = run["dimension"] * 4 + p["scalar_bytes_per_row"]
-    index_bytes = e["rss_over_idle_bytes"] / run["vectors"]  # the loaded index ~ its files
-    stored = rows * (row_bytes + index_bytes) * p["storage_headroom"]
-    wal = rows * (row_bytes + p["wal_bytes_per_row_overhead"]) * p["write_quorum"] / p["bookies"] * p["wal_headroom"]
-    return {"stored_bytes": stored,
-            "minio_drive_gib": int(np.ceil(stored / p["minio_usable"] / p["minio_servers"] / 2**30 / 100) * 100),
-            "bookie_ledgers_gib": int(np.ceil(wal / 2**30 / 100) * 100)}
-
-
-def capacity(run: dict) -> list[str]:
-    """The capacity table of one run (every index type it built)."""
-    lines = ["| index | recall@10 | GB per replica | nodes for memory | core-ms per query vector per 1M rows "
-             "| cores for the QPS | nodes for CPU | query nodes (x replicas) |", "|---|---|---|---|---|---|---|---|"]
-    for name, e in run["indexes"].items():
-        if "error" in e:
-            continue
-        f = plan(run, name)
-        lines.append(f"| {name} | {e['nq1']['recall10']:.3f} | {f['memory_bytes'] / 1e9:.0f} | {f['memory_nodes']} | "
-                     f"{f['core_ms']:.1f} | {f['cores']:.0f} | {f['cpu_nodes']} | "
-                     f"{max(f['memory_nodes'], f['cpu_nodes'])} x {PLAN['replicas']} = {f['query_nodes']} |")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dimension", type=int, default=0, help="0: the served embedder's")
+    parser.add_argument("--segment-max-mb", type=int, default=DEFAULT_SEGMENT_MB,
+                        help="Milvus' dataCoord.segment.maxSize")
     parser.add_argument("--categories", type=int, default=100)
     parser.add_argument("--index-types", type=lambda v: v.split(","), default=list(INDEXES))
     parser.add_argument("--partition-key-index", default="IVF_SQ8",
@@ -337,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown index types {unknown}; known: {list(INDEXES)}")
         result = run(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.vectors}.json").write_text(json.dumps(result, indent=1))
+        served = pipeline_for(0)[1]
+        result_path(args.vectors, result["dimension"], args.segment_max_mb, served).write_text(
+            json.dumps(result, indent=1))
     print(report(ROOT / "docs" / "benchmarks-scale.md"))
     return 0
 

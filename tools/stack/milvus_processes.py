@@ -44,8 +44,10 @@ class MilvusServer:
     ``authorization``: users and privileges enforced, as deploy/ runs Milvus; ``admin_token``
     is then root with Milvus' initial password."""
 
-    def __init__(self, data_dir: Path, authorization: bool = False) -> None:
+    def __init__(self, data_dir: Path, authorization: bool = False, config: dict[str, object] | None = None) -> None:
+        """``config``: milvus.yaml settings by dotted key (``dataCoord.segment.maxSize``)."""
         self.data_dir = data_dir
+        self.config = dict(config or {})
         self.wrapper: subprocess.Popen | None = None
         self.uri = "http://127.0.0.1:19530"
         self.authorization = authorization
@@ -83,6 +85,8 @@ class MilvusServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).with_name("milvus-server")
         flags = ["--authorization-enabled", "true"] if self.authorization else []
+        for key, value in self.config.items():
+            flags += ["--extra-config", f"{key}={value}"]
         self.wrapper = subprocess.Popen([str(exe), "--data", str(self.data_dir), *flags],
                                         stdout=open(self.data_dir / "server.log", "ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)

@@ -1,0 +1,85 @@
+"""The capacity plan's arithmetic (tools/bench/capacity.py) on hand-made points."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.bench import capacity
+from tools.bench.capacity import PLAN, Point
+
+
+def points(*core_ms: float, vectors: tuple[int, ...] = (200_000, 1_000_000, 3_000_000),
+           bytes_per_vector: float = 1500.0) -> list[Point]:
+    return [Point(n, max(1, n // 500_000), ms, ms * 5 / 2, ms * 5, 5, 0.99, bytes_per_vector)
+            for n, ms in zip(vectors, core_ms, strict=True)]
+
+
+def test_cpu_scales_linearly_from_the_largest_measured_point():
+    curve = points(0.5, 1.0, 2.0)
+    f = capacity.plan(curve, 256)
+    rows = PLAN["images"] * PLAN["rows_per_image"]
+    assert f["core_ms"] == pytest.approx(2.0 * rows / 3_000_000)
+    assert f["cores"] == pytest.approx(PLAN["searches_per_s"] * PLAN["vectors_per_search"] * f["core_ms"] / 1000)
+    assert f["cpu_nodes"] * PLAN["node_cores"] * PLAN["usable"] >= f["cores"]
+    assert (f["cpu_nodes"] - 1) * PLAN["node_cores"] * PLAN["usable"] < f["cores"]
+    assert f["query_nodes"] == max(f["cpu_nodes"], f["memory_nodes"]) * PLAN["replicas"]
+    assert f["segments"] == 6 * rows / 3_000_000
+
+
+def test_memory_counts_the_measured_bytes_and_the_scalars():
+    f = capacity.plan(points(0.5, 1.0, 2.0), 256)
+    rows = PLAN["images"] * PLAN["rows_per_image"]
+    assert f["memory_bytes"] == pytest.approx(rows * (1500 + PLAN["scalar_bytes_per_row"]))
+    assert f["memory_nodes"] == -(-f["memory_bytes"] // (PLAN["node_memory_gib"] * 2**30 * PLAN["usable"]))
+
+
+def test_the_growth_exponent_is_fitted_over_every_point():
+    assert capacity.exponent(points(1.0, 5.0, 15.0)) == pytest.approx(1.0, abs=0.01)
+    assert capacity.exponent(points(1.0, 1.0, 1.0)) == pytest.approx(0.0, abs=0.01)
+    assert capacity.exponent(points(1.0, vectors=(1_000_000,))) is None
+
+
+def test_p99_never_drops_below_what_was_measured():
+    # memory needs many nodes: one call's work spread over their cores takes less than measured
+    f = capacity.plan(points(0.01, 0.01, 0.01, bytes_per_vector=20_000), 256)
+    assert f["memory_nodes"] > f["cpu_nodes"] and f["p99_ms"] == pytest.approx(0.05)
+    # CPU sizes the nodes: the call's work at 90 M rows over a replica's cores, scaled from the measured p99
+    g = capacity.plan(points(0.5, 1.0, 2.0), 256)
+    call_ms = PLAN["vectors_per_search"] * g["core_ms"] / (g["per_replica"] * PLAN["node_cores"] * PLAN["usable"])
+    assert g["p99_ms"] == pytest.approx(max(10.0, 10.0 * call_ms / 5.0))
+
+
+def test_a_target_needs_three_sizes():
+    three, two = points(0.01, 0.01, 0.01), points(0.01, 0.01, vectors=(1_000_000, 3_000_000))
+    assert capacity.meets(capacity.plan(three, 256), three)
+    assert not capacity.meets(capacity.plan(two, 256), two)
+
+
+def test_quality_costs_name_the_worst_kind(tmp_path):
+    def result(name: str, dimension: int, scene: float, reshot: float) -> dict:
+        return {"variant": name, "dimension": dimension,
+                "kinds": {"scene": {"list": {"recall1": scene}}, "reshot": {"list": {"recall1": reshot}}}}
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [result("shipped", 1280, 0.60, 1.0),
+                                            result("shipped-256-learned", 256, 0.58, 0.995),
+                                            result("shipped-float", 1280, 0.7, 1.0)]}))
+    costs = capacity.quality_costs(path)
+    assert costs[1280] == "today's default"
+    assert costs[256] == "-2.0 pts (scene, its worst kind)"
+
+
+def test_the_choice_prices_the_cheaper_configuration_and_keeps_the_default_when_it_costs_recall():
+    deployed = (capacity.PLANNED["dimension"], capacity.PLANNED["segment_max_mb"], capacity.PLANNED["index_type"])
+    cheap = (256, 2048, "HNSW")
+    curves = {deployed: points(2.0, 4.0, 8.0, bytes_per_vector=5500.0), cheap: points(0.5, 1.0, 2.0)}
+    text = "\n".join(capacity.choice(curves, {256: "-4.9 pts (scene, its worst kind)"}))
+    big, small = capacity.plan(curves[deployed], deployed[0]), capacity.plan(curves[cheap], 256)
+    assert small["query_nodes"] < big["query_nodes"]
+    assert f"= {big['query_nodes']} query nodes" in text and f"= {small['query_nodes']} query nodes" in text
+    assert "-4.9 pts" in text and "VS_EMBEDDING_DIMENSION=256 make models" in text
+    # a cheaper configuration of the same dimension costs no recall: nothing to explain
+    same = {deployed: curves[deployed], (deployed[0], 512, "HNSW"): points(0.5, 1.0, 2.0)}
+    assert "Why the default stays" not in "\n".join(capacity.choice(same, {}))

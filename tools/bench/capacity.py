@@ -1,0 +1,326 @@
+"""docs/capacity-plan.md: the Milvus cluster for 30 million catalog images, computed from what
+``make bench-scale`` measured (docs/scale/*.json) and the assumptions in ``PLAN``.
+
+    python -m tools.bench.capacity
+
+Every configuration measured (dimension, segment size, index type) gets its growth curve (the
+sizes it was measured at), and, from its largest measured size, its memory and CPU at
+``PLAN["images"]`` images. CPU per query vector is taken as linear in the rows beyond the
+largest measured size: Milvus searches every sealed segment, and once segments are full more
+rows are more segments of the same cost; the curve's measured exponent (below 1 on these sizes)
+shows how much that overstates. ``PLANNED`` is what deploy/milvus/30m deploys (a test keeps
+them equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.paths import ROOT
+from tools.bench.scale import PHOTO_NQ, load_runs
+
+OUT = ROOT / "docs" / "capacity-plan.md"
+EVAL_RESULTS = ROOT / "docs" / "evaluation" / "results.json"
+
+PLAN = {
+    "images": 30_000_000,
+    "rows_per_image": 3.0,  # objects + whole image; 2.5 measured on the eval catalog (studio shots)
+    "scalar_bytes_per_row": 400,  # the service's fields besides the vector (ids, box, title, attributes, key)
+    "node_memory_gib": 64, "node_cores": 16, "usable": 0.7,  # a query node, and the share kept for segments
+    # SearchByImage/s, and the query vectors of one (the whole photo + at most
+    # VS_MAX_SEARCHED_OBJECTS = 4 boxes): 4.64 measured by `make eval` (docs/evaluation.md, shipped)
+    "searches_per_s": 100, "vectors_per_search": 4.64,
+    "replicas": 2, "shards": 2,
+    "p99_target_ms": 100, "recall10_target": 0.95,
+    # Storage. MinIO (distributed, 4 servers x 1 drive: erasure parity 2, half the raw bytes
+    # usable) holds the binlogs and the index files; compaction rewrites segments beside the
+    # old ones until they are collected, hence the headroom. Pulsar keeps every insert for
+    # its retention (Milvus' 7 days), written to 2 of 3 bookies: the whole catalog's initial
+    # import sits in it at once.
+    "minio_servers": 4, "minio_usable": 0.5, "storage_headroom": 1.5,
+    "bookies": 3, "write_quorum": 2, "wal_headroom": 1.3, "wal_bytes_per_row_overhead": 200,
+}
+
+# What deploy/milvus/30m deploys: the shipped embedder's vectors (1280-d), on the segment size
+# and index measured cheapest for them. A cheaper default must lose at most
+# QUALITY_BUDGET_PTS of list recall@1 on every `make eval` kind; the projections measured lose
+# more (docs/evaluation), so they are an operator's opt-in, priced in the plan.
+PLANNED = {"dimension": 1280, "segment_max_mb": 2048, "index_type": "HNSW"}
+NODE_BUDGET = 16  # query nodes in all (both replicas) an operator would accept for this load
+QUALITY_BUDGET_PTS = 1.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One index type at one measured size."""
+
+    vectors: int
+    segments: int | None
+    core_ms: float  # per query vector, both cores counted busy for the whole call (an upper bound)
+    p50_ms: float
+    p99_ms: float
+    nq: int
+    recall10: float
+    bytes_per_vector: float  # the loaded server's resident memory over idle, per vector
+
+
+def cores_of(run: dict) -> int:
+    return int(re.search(r"(\d+) cores", run["machine"]).group(1))
+
+
+def point(run: dict, index_type: str) -> Point | None:
+    entry = run["indexes"].get(index_type, {})
+    if "error" in entry or not entry:
+        return None
+    nq = PHOTO_NQ if f"nq{PHOTO_NQ}" in entry else 8  # runs before the one-list change measured nq=1 and 8
+    latency = entry[f"nq{nq}"]
+    return Point(run["vectors"], entry.get("segments"), latency["p50_ms"] * cores_of(run) / nq,
+                 latency["p50_ms"], latency["p99_ms"], nq, entry["nq1"]["recall10"],
+                 entry["rss_over_idle_bytes"] / run["vectors"])
+
+
+def curves() -> dict[tuple[int, int, str], list[Point]]:
+    """Every measured configuration, its points by size."""
+    out: dict[tuple[int, int, str], list[Point]] = {}
+    for run in load_runs():
+        for index_type in run["indexes"]:
+            p = point(run, index_type)
+            if p:
+                out.setdefault((run["dimension"], run["segment_max_mb"], index_type), []).append(p)
+    return {key: sorted(points, key=lambda p: p.vectors) for key, points in out.items()}
+
+
+def exponent(points: list[Point]) -> float | None:
+    """The measured growth of CPU per query vector with rows: core_ms ~ rows^exponent (least
+    squares in log-log over every point)."""
+    if len(points) < 2:
+        return None
+    x = np.log([p.vectors for p in points])
+    y = np.log([p.core_ms for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def plan(points: list[Point], dimension: int) -> dict:
+    """PLAN's figures for one configuration, from its largest measured point."""
+    p, top = PLAN, points[-1]
+    rows = p["images"] * p["rows_per_image"]
+    scale = rows / top.vectors
+    node_bytes = p["node_memory_gib"] * 2**30 * p["usable"]
+    memory = rows * (top.bytes_per_vector + p["scalar_bytes_per_row"])
+    core_ms = top.core_ms * scale
+    cores = p["searches_per_s"] * p["vectors_per_search"] * core_ms / 1000
+    memory_nodes = int(np.ceil(memory / node_bytes))
+    cpu_nodes = int(np.ceil(cores / (p["node_cores"] * p["usable"])))
+    per_replica = max(memory_nodes, cpu_nodes)
+    # One search's work spread over the replica's cores, against the same at the measured point
+    # on this machine's cores; never below what was measured there (fixed costs do not shrink).
+    call_ms = p["vectors_per_search"] * core_ms / (per_replica * p["node_cores"] * p["usable"])
+    p99 = max(top.p99_ms, top.p99_ms * call_ms / top.p50_ms)  # the call measured took p50 on its cores
+    segments = int(np.ceil(top.segments * scale)) if top.segments else None
+    return {"rows": rows, "memory_bytes": memory, "memory_nodes": memory_nodes, "core_ms": core_ms,
+            "cores": cores, "cpu_nodes": cpu_nodes, "per_replica": per_replica,
+            "query_nodes": per_replica * p["replicas"], "p99_ms": p99, "segments": segments,
+            "recall10": top.recall10, "dimension": dimension}
+
+
+def storage(dimension: int, points: list[Point]) -> dict:
+    """PLAN's object store and message queue volumes: GiB per MinIO drive and per bookie ledger
+    volume, from the row bytes and the measured index bytes."""
+    p = PLAN
+    rows = p["images"] * p["rows_per_image"]
+    row_bytes = dimension * 4 + p["scalar_bytes_per_row"]
+    stored = rows * (row_bytes + points[-1].bytes_per_vector) * p["storage_headroom"]
+    wal = rows * (row_bytes + p["wal_bytes_per_row_overhead"]) * p["write_quorum"] / p["bookies"] * p["wal_headroom"]
+    return {"stored_bytes": stored,
+            "minio_drive_gib": int(np.ceil(stored / p["minio_usable"] / p["minio_servers"] / 2**30 / 100) * 100),
+            "bookie_ledgers_gib": int(np.ceil(wal / 2**30 / 100) * 100)}
+
+
+def planned() -> tuple[dict, dict]:
+    """The plan and the storage of ``PLANNED`` (what deploy/milvus/30m holds)."""
+    points = curves()[(PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"])]
+    return plan(points, PLANNED["dimension"]), storage(PLANNED["dimension"], points)
+
+
+NOTES = """
+## Levers not measured here
+
+* Milvus 2.5 (what deploy/ runs) adds HNSW with scalar-quantised vectors (`HNSW_SQ`, `HNSW_PQ`)
+  and a 1024 MB default segment size; the `milvus` wheel's 2.3.5 server builds neither, so they
+  are not in this plan. The 30m component sets the segment size it was measured with.
+* DISKANN was accepted but never built by the standalone server (its disk index needs query and
+  index nodes configured for it); IVF_PQ (`m=64`) reached recall@10 0.28 at 20,000 rows.
+* GPU Triton throughput is not measured (no GPU machine was lent to this work): the import rate
+  uses ~1,000 images/s per GPU pod.
+"""
+
+
+def choice(all_curves: dict[tuple[int, int, str], list[Point]], quality: dict[int, str]) -> list[str]:
+    """What the plan deploys, what the cheapest configuration that meets the targets would cost
+    in nodes and in list recall, and why the deployed one is the one."""
+    key = (PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"])
+    f = plan(all_curves[key], key[0])
+    meeting = [(plan(points, k[0]), k) for k, points in all_curves.items() if meets(plan(points, k[0]), points)]
+    lines = ["## The choice", "",
+             f"* **Deployed** (deploy/milvus/30m): the shipped embedder's {key[0]}-d vectors, {_name(key)}: "
+             f"**{f['per_replica']} x {PLAN['replicas']} = {f['query_nodes']} query nodes** "
+             f"({'memory' if f['memory_nodes'] >= f['cpu_nodes'] else 'CPU'} sets the count; "
+             f"{'within' if f['query_nodes'] <= NODE_BUDGET else 'over'} a budget of {NODE_BUDGET}), from "
+             f"{len(all_curves[key])} measured sizes up to {all_curves[key][-1].vectors / 1e6:g} M rows."]
+    if meeting:
+        best, best_key = min(meeting, key=lambda m: m[0]["query_nodes"])
+        lines.append(f"* **Cheapest that meets the targets**: {_name(best_key)}: {best['per_replica']} x "
+                     f"{PLAN['replicas']} = {best['query_nodes']} query nodes, at a list recall@1 cost of "
+                     f"{quality.get(best_key[0], 'not measured')} on `make eval`.")
+        if best_key[0] != key[0]:
+            lines.append(
+                f"* **Why the default stays at {key[0]} dimensions**: a cheaper default is adopted only if it "
+                f"loses at most {QUALITY_BUDGET_PTS:g} point of list recall@1 on every `make eval` kind, and "
+                "every measured projection loses more (docs/history/evaluation-runs.md, variants "
+                "`shipped-<d>-learned`). An operator who accepts the cost builds the models with "
+                f"`VS_EMBEDDING_DIMENSION={best_key[0]} make models` (the models image from that repository), "
+                f"sets the query-node count to {best['per_replica']} per replica and imports the catalog anew "
+                "(vectors of two dimensions never share a collection).")
+    return lines + [""]
+
+
+def meets(f: dict, points: list[Point]) -> bool:
+    """Growth measured at 3 sizes or more, and the p99, recall and node-count targets."""
+    return (len(points) >= 3 and f["p99_ms"] <= PLAN["p99_target_ms"] and f["recall10"] >= PLAN["recall10_target"]
+            and f["query_nodes"] <= NODE_BUDGET)
+
+
+def _name(key: tuple[int, int, str]) -> str:
+    return f"{key[2]}, {key[0]}-d, segments up to {key[1]} MB"
+
+
+def report(quality: dict[int, str]) -> str:
+    """The plan's markdown; ``quality`` names each dimension's list-recall cost (docs/evaluation)."""
+    all_curves = curves()
+    rows = int(PLAN["images"] * PLAN["rows_per_image"])
+    lines = [
+        "# Capacity plan: 30 million catalog images", "",
+        "Generated by `python -m tools.bench.capacity` from what `make bench-scale` measured "
+        "(docs/scale/*.json, one file per run of `python -m tools.bench.scale`; every figure of every run: "
+        "docs/benchmarks-scale.md) and the assumptions below (`PLAN` in tools/bench/capacity.py). "
+        "**Measured**: the growth curves, on one machine (named per run in docs/benchmarks-scale.md), on the "
+        "real Milvus 2.3.5 standalone server of the `milvus` wheel. **Extrapolated**: everything at "
+        f"{rows / 1e6:.0f} million rows.", "",
+        "## What is assumed", "",
+        "| quantity | value | why |", "|---|---|---|",
+        f"| catalog images | {PLAN['images']:,} | VOVA's catalog |",
+        f"| rows per image | {PLAN['rows_per_image']:g} | objects + the whole image; 2.5 measured on the evaluation "
+        "catalog (studio shots, docs/evaluation/results.json); lifestyle photos hold more objects |",
+        f"| scalar bytes per row | {PLAN['scalar_bytes_per_row']} | estimated: ids, box, category, price, title, "
+        "attributes, content key, flags; the bench rows carry only an id and a category |",
+        f"| query node | {PLAN['node_memory_gib']} GiB, {PLAN['node_cores']} cores, {PLAN['usable']:.0%} of each for "
+        "segments and search | a common node size; the rest for Milvus itself, growing segments, compaction, "
+        "and headroom against queueing |",
+        f"| load | {PLAN['searches_per_s']} SearchByImage/s, {PLAN['vectors_per_search']} query vectors each | "
+        "the whole photo and at most 4 boxes (`VS_MAX_SEARCHED_OBJECTS`), one Milvus call: 4.64 per photo "
+        "measured by `make eval` (docs/evaluation.md); the table scales linearly with both |",
+        f"| replicas | {PLAN['replicas']} | a query node can fail or drain without losing a part of the catalog |",
+        f"| targets | Milvus p99 <= {PLAN['p99_target_ms']} ms, recall@10 >= {PLAN['recall10_target']}, at most "
+        f"{NODE_BUDGET} query nodes in all | a bill an operator accepts for this load; recall@10 against exact "
+        "search at the largest measured size |", "",
+        f"Rows: {PLAN['images'] / 1e6:.0f} M x {PLAN['rows_per_image']:g} = **{rows / 1e6:.0f} million vectors**.",
+        "", *choice(all_curves, quality),
+        "## How it is computed", "",
+        f"* **CPU per query vector**: a photo's call (nq={PHOTO_NQ}; nq=8 for the 1280-d runs made before the "
+        "one-list change) p50 x the bench machine's cores / nq: an upper bound (both cores counted busy for the "
+        "whole call). Milvus searches every sealed segment, so from the largest measured size on it is scaled "
+        "**linearly with the rows** (more rows, more full segments of the same cost). The measured exponent "
+        "(core-ms ~ rows^a over the measured sizes) is below 1 where segments were still filling, so linear is "
+        "the safe side.",
+        "* **Memory per replica**: the loaded server's resident memory over idle, per vector, at the largest "
+        "measured size (an upper bound: memory taken while inserting or building is not always returned), plus "
+        "the scalar bytes, times the rows.",
+        f"* **Query nodes per replica**: the larger of memory / ({PLAN['usable']:.0%} of "
+        f"{PLAN['node_memory_gib']} GiB) and cores for the load / ({PLAN['usable']:.0%} of {PLAN['node_cores']}); "
+        f"x {PLAN['replicas']} replicas.",
+        "* **p99 in Milvus**: the measured p99 at the largest size, scaled by one call's work spread over a "
+        "replica's usable cores against the same call's work on the bench machine's cores; never below the "
+        "measured p99 (fixed costs do not shrink). An estimate: it assumes Milvus spreads a collection's "
+        "segments evenly over a replica's query nodes and searches them in parallel.",
+        "* **Segments**: the sealed segments counted at the largest size, scaled with the rows.", "",
+        "## Growth measured (per configuration)", "",
+        "| configuration | rows measured | segments | core-ms per query vector | p50 / p99 ms (nq) | recall@10 "
+        "| bytes per vector | growth exponent a |", "|---|---|---|---|---|---|---|---|"]
+    for key, points in all_curves.items():
+        a = exponent(points)
+        lines.append(
+            f"| {_name(key)} | {' / '.join(f'{p.vectors / 1e6:g} M' for p in points)} | "
+            f"{' / '.join(str(p.segments) if p.segments else '-' for p in points)} | "
+            f"{' / '.join(f'{p.core_ms:.2f}' for p in points)} | "
+            f"{' / '.join(f'{p.p50_ms:.1f} / {p.p99_ms:.1f} ({p.nq})' for p in points)} | "
+            f"{' / '.join(f'{p.recall10:.3f}' for p in points)} | "
+            f"{' / '.join(f'{p.bytes_per_vector:.0f}' for p in points)} | "
+            f"{'-' if a is None else f'{a:.2f}'} |")
+    lines += ["", f"## At {rows / 1e6:.0f} million rows, {PLAN['searches_per_s']} searches/s (extrapolated)", "",
+              "| configuration | points | list R@1 cost (make eval) | recall@10 | GB per replica | nodes for memory "
+              "| core-ms per query vector | cores | nodes for CPU | segments | p99 ms (estimate) "
+              "| query nodes (x replicas) | meets the targets |", "|---" * 13 + "|"]
+    for key, points in sorted(all_curves.items(), key=lambda kv: plan(kv[1], kv[0][0])["query_nodes"]):
+        f = plan(points, key[0])
+        bold = "**" if key == (PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"]) else ""
+        lines.append(
+            f"| {bold}{_name(key)}{bold} | {len(points)} | {quality.get(key[0], 'not measured')} | "
+            f"{f['recall10']:.3f} | {f['memory_bytes'] / 1e9:.0f} | {f['memory_nodes']} | {f['core_ms']:.1f} | "
+            f"{f['cores']:.0f} | {f['cpu_nodes']} | {f['segments'] or '-'} | {f['p99_ms']:.0f} | "
+            f"{bold}{f['per_replica']} x {PLAN['replicas']} = {f['query_nodes']}{bold} | "
+            f"{'yes' if meets(f, points) else 'no' if len(points) >= 3 else 'fewer than 3 sizes'} |")
+    f, volumes = planned()
+    lines += ["", "## Storage of the planned configuration (extrapolated)", "",
+              f"* MinIO: {f['rows'] / 1e6:.0f} M rows x ({PLANNED['dimension']} x 4 vector bytes + "
+              f"{PLAN['scalar_bytes_per_row']} scalar bytes + the index) x {PLAN['storage_headroom']} compaction "
+              f"headroom = {volumes['stored_bytes'] / 1e12:.2f} TB, on {PLAN['minio_servers']} servers whose erasure "
+              f"coding keeps {PLAN['minio_usable']:.0%} of the raw bytes: **{volumes['minio_drive_gib']} GiB per "
+              "drive**.",
+              f"* Pulsar (the WAL): the whole initial import sits in it for the 7-day retention, on "
+              f"{PLAN['write_quorum']} of {PLAN['bookies']} bookies, with {PLAN['wal_headroom']}x headroom: "
+              f"**{volumes['bookie_ledgers_gib']} GiB of ledgers per bookie**.",
+              f"* Shards: {PLAN['shards']} (`VS_MILVUS_SHARDS`): one shard took ~9,100 rows/s from one client on 2 "
+              "cores (docs/benchmarks-scale.md); a full import at ~1,000 images/s per GPU Triton pod writes ~3,000 "
+              "rows/s per pod, so one shard holds one or two GPU pods and two hold the import of a few.", ""]
+    return "\n".join(lines + [NOTES])
+
+
+def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, str]:
+    """Each dimension's list recall@1 against the shipped default's, on the worst `make eval` kind
+    (the variants `shipped` and `shipped-<d>-learned`: the same models and settings, the embedder
+    projected to d dimensions)."""
+    by_name = {r["variant"]: r for r in json.loads(results.read_text())["results"]}
+    shipped = by_name.get("shipped")
+    if not shipped:
+        return {}
+    costs = {shipped["dimension"]: "today's default"}
+    for name, result in by_name.items():
+        match = re.fullmatch(r"shipped-(\d+)-learned", name)
+        if not match:
+            continue
+        deltas = {kind: result["kinds"][kind]["list"]["recall1"] - figures["list"]["recall1"]
+                  for kind, figures in shipped["kinds"].items() if kind in result["kinds"]}
+        worst = min(deltas, key=deltas.get)
+        costs[int(match.group(1))] = f"{deltas[worst] * 100:+.1f} pts ({worst}, its worst kind)"
+    return costs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    text = report(quality_costs())
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
