@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from services.paths import ROOT
-from tools.bench.scale import PHOTO_NQ, load_runs
+from tools.bench.scale_runs import PHOTO_NQ, load_runs
 
 OUT = ROOT / "docs" / "capacity-plan.md"
 EVAL_RESULTS = ROOT / "docs" / "evaluation" / "results.json"
@@ -155,6 +155,10 @@ NOTES = """
 * Milvus 2.5 (what deploy/ runs) adds HNSW with scalar-quantised vectors (`HNSW_SQ`, `HNSW_PQ`)
   and a 1024 MB default segment size; the `milvus` wheel's 2.3.5 server builds neither, so they
   are not in this plan. The 30m component sets the segment size it was measured with.
+* Float16 vectors (`FLOAT16_VECTOR`, Milvus 2.4 and later) would halve the 1280-d vectors'
+  memory; not in the 2.3.5 server either. At 1280 dimensions CPU, not memory, sets the count.
+* CPU per query vector is an upper bound (a call's p50 x both cores); the server's own CPU
+  seconds under a sustained load were not measured, and would price the 1280-d plan tighter.
 * DISKANN was accepted but never built by the standalone server (its disk index needs query and
   index nodes configured for it); IVF_PQ (`m=64`) reached recall@10 0.28 at 20,000 rows.
 * GPU Triton throughput is not measured (no GPU machine was lent to this work): the import rate
@@ -224,7 +228,7 @@ def report(quality: dict[int, str]) -> str:
         "segments and search | a common node size; the rest for Milvus itself, growing segments, compaction, "
         "and headroom against queueing |",
         f"| load | {PLAN['searches_per_s']} SearchByImage/s, {PLAN['vectors_per_search']} query vectors each | "
-        "the whole photo and at most 4 boxes (`VS_MAX_SEARCHED_OBJECTS`), one Milvus call: 4.64 per photo "
+        "the whole photo and its best 4 boxes (`VS_MAX_SEARCHED_OBJECTS`), one Milvus call: 4.64 per photo "
         "measured by `make eval` (docs/evaluation.md); the table scales linearly with both |",
         f"| replicas | {PLAN['replicas']} | a query node can fail or drain without losing a part of the catalog |",
         f"| targets | Milvus p99 <= {PLAN['p99_target_ms']} ms, recall@10 >= {PLAN['recall10_target']}, at most "

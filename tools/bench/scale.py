@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from services.paths import BUILD, ROOT
-from services.search.config import Settings
 from tools.bench.common import clustered_vectors, machine, pct, real_centers
+from tools.bench.scale_runs import DEFAULT_SEGMENT_MB, PHOTO_NQ, RESULTS, load_runs, result_path
 from tools.cache import default_cache
 from tools.models import build
 from tools.models.local_pipeline import LocalPipeline
@@ -44,11 +44,8 @@ from tools.stack.milvus_processes import MilvusServer
 
 log = logging.getLogger("tools.bench.scale")
 
-RESULTS = ROOT / "docs" / "scale"
 INSERT_ROWS = 5000
 ROUNDS = 40  # searches per latency figure
-DEFAULT_SEGMENT_MB = 512  # Milvus 2.3's dataCoord.segment.maxSize
-PHOTO_NQ = Settings().max_searched_objects + 1  # query vectors of one photo at the service's defaults
 NQ = (1, PHOTO_NQ, 8)
 INDEXES = {  # index build and search parameters per type; the service's defaults where it has them
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
@@ -176,12 +173,6 @@ def pipeline_for(dimension: int) -> tuple[LocalPipeline, int]:
     return LocalPipeline.with_embedder(folder), dimension
 
 
-def result_path(vectors: int, dimension: int, segment_mb: int, served_dimension: int) -> Path:
-    if (dimension, segment_mb) == (served_dimension, DEFAULT_SEGMENT_MB):
-        return RESULTS / f"{vectors}.json"  # the name of the first runs'
-    return RESULTS / f"{vectors}-{dimension}d-{segment_mb}mb.json"
-
-
 def run(args: argparse.Namespace) -> dict:
     from pymilvus import MilvusClient
 
@@ -241,14 +232,6 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         server.remove()
     return result
-
-
-def load_runs() -> list[dict]:
-    """Every results file, by (dimension, segment size, vectors); older files lack the segment size."""
-    runs = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
-    for r in runs:
-        r.setdefault("segment_max_mb", DEFAULT_SEGMENT_MB)
-    return sorted(runs, key=lambda r: (-r["dimension"], r["segment_max_mb"], r["vectors"]))
 
 
 def _latency(e: dict, key: str) -> str:
