@@ -67,19 +67,28 @@ def test_quality_costs_name_the_worst_kind(tmp_path):
                                             result("shipped-256-learned", 256, 0.58, 0.995),
                                             result("shipped-float", 1280, 0.7, 1.0)]}))
     costs = capacity.quality_costs(path)
-    assert costs[1280] == "today's default"
-    assert costs[256] == "-2.0 pts (scene, its worst kind)"
+    assert capacity.cost_text(costs, 1280) == "today's default"
+    assert capacity.cost_text(costs, 256) == "-2.0 pts (scene, its worst kind)"
+    assert capacity.cost_text(costs, 512) == "not measured"
 
 
 def test_the_choice_prices_the_cheaper_configuration_and_keeps_the_default_when_it_costs_recall():
-    deployed = (capacity.PLANNED["dimension"], capacity.PLANNED["segment_max_mb"], capacity.PLANNED["index_type"])
-    cheap = (256, 2048, "HNSW")
+    deployed, cheap = capacity.PLANNED_KEY, (256, 2048, "HNSW")
     curves = {deployed: points(2.0, 4.0, 8.0, bytes_per_vector=5500.0), cheap: points(0.5, 1.0, 2.0)}
-    text = "\n".join(capacity.choice(curves, {256: "-4.9 pts (scene, its worst kind)"}))
-    big, small = capacity.plan(curves[deployed], deployed[0]), capacity.plan(curves[cheap], 256)
+    plans = {key: capacity.plan(curve, key[0]) for key, curve in curves.items()}
+
+    def text(curves: dict, quality: dict) -> str:
+        return "\n".join(capacity.choice(curves, {k: capacity.plan(c, k[0]) for k, c in curves.items()}, quality))
+
+    costly = text(curves, {256: (-4.9, "scene")})
+    big, small = plans[deployed], plans[cheap]
     assert small["query_nodes"] < big["query_nodes"]
-    assert f"= {big['query_nodes']} query nodes" in text and f"= {small['query_nodes']} query nodes" in text
-    assert "-4.9 pts" in text and "VS_EMBEDDING_DIMENSION=256 make models" in text
+    assert f"= {big['query_nodes']} query nodes" in costly and f"= {small['query_nodes']} query nodes" in costly
+    assert "-4.9 pts" in costly and "VS_EMBEDDING_DIMENSION=256 make models" in costly
+    assert "loses 4.9" in costly and "A candidate for the default" not in costly
+    # within the quality budget the cheaper dimension is named a candidate for the default instead
+    cheap_enough = text(curves, {256: (-0.5, "scene")})
+    assert "A candidate for the default" in cheap_enough and "Why the default stays" not in cheap_enough
     # a cheaper configuration of the same dimension costs no recall: nothing to explain
     same = {deployed: curves[deployed], (deployed[0], 512, "HNSW"): points(0.5, 1.0, 2.0)}
-    assert "Why the default stays" not in "\n".join(capacity.choice(same, {}))
+    assert "Why the default stays" not in text(same, {})

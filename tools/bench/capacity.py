@@ -53,8 +53,13 @@ PLAN = {
 # QUALITY_BUDGET_PTS of list recall@1 on every `make eval` kind; the projections measured lose
 # more (docs/evaluation), so they are an operator's opt-in, priced in the plan.
 PLANNED = {"dimension": 1280, "segment_max_mb": 2048, "index_type": "HNSW"}
+PLANNED_KEY = (PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"])  # as curves() keys them
 NODE_BUDGET = 16  # query nodes in all (both replicas) an operator would accept for this load
 QUALITY_BUDGET_PTS = 1.0
+ROWS = PLAN["images"] * PLAN["rows_per_image"]
+# A dimension's list recall@1 cost on `make eval`: points (negative: lost) and the worst kind
+# (None for the shipped default itself).
+Cost = tuple[float, str | None]
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,7 @@ def exponent(points: list[Point]) -> float | None:
 
 def plan(points: list[Point], dimension: int) -> dict:
     """PLAN's figures for one configuration, from its largest measured point."""
-    p, top = PLAN, points[-1]
-    rows = p["images"] * p["rows_per_image"]
+    p, top, rows = PLAN, points[-1], ROWS
     scale = rows / top.vectors
     node_bytes = p["node_memory_gib"] * 2**30 * p["usable"]
     memory = rows * (top.bytes_per_vector + p["scalar_bytes_per_row"])
@@ -133,8 +137,7 @@ def plan(points: list[Point], dimension: int) -> dict:
 def storage(dimension: int, points: list[Point]) -> dict:
     """PLAN's object store and message queue volumes: GiB per MinIO drive and per bookie ledger
     volume, from the row bytes and the measured index bytes."""
-    p = PLAN
-    rows = p["images"] * p["rows_per_image"]
+    p, rows = PLAN, ROWS
     row_bytes = dimension * 4 + p["scalar_bytes_per_row"]
     stored = rows * (row_bytes + points[-1].bytes_per_vector) * p["storage_headroom"]
     wal = rows * (row_bytes + p["wal_bytes_per_row_overhead"]) * p["write_quorum"] / p["bookies"] * p["wal_headroom"]
@@ -145,7 +148,7 @@ def storage(dimension: int, points: list[Point]) -> dict:
 
 def planned() -> tuple[dict, dict]:
     """The plan and the storage of ``PLANNED`` (what deploy/milvus/30m holds)."""
-    points = curves()[(PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"])]
+    points = curves()[PLANNED_KEY]
     return plan(points, PLANNED["dimension"]), storage(PLANNED["dimension"], points)
 
 
@@ -166,12 +169,19 @@ NOTES = """
 """
 
 
-def choice(all_curves: dict[tuple[int, int, str], list[Point]], quality: dict[int, str]) -> list[str]:
+def cost_text(quality: dict[int, Cost], dimension: int) -> str:
+    if dimension not in quality:
+        return "not measured"
+    points, worst = quality[dimension]
+    return "today's default" if worst is None else f"{points:+.1f} pts ({worst}, its worst kind)"
+
+
+def choice(all_curves: dict[tuple[int, int, str], list[Point]], plans: dict[tuple[int, int, str], dict],
+           quality: dict[int, Cost]) -> list[str]:
     """What the plan deploys, what the cheapest configuration that meets the targets would cost
-    in nodes and in list recall, and why the deployed one is the one."""
-    key = (PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"])
-    f = plan(all_curves[key], key[0])
-    meeting = [(plan(points, k[0]), k) for k, points in all_curves.items() if meets(plan(points, k[0]), points)]
+    in nodes and in list recall, and whether that cost keeps the deployed one the default."""
+    key, f = PLANNED_KEY, plans[PLANNED_KEY]
+    meeting = [(plans[k], k) for k, points in all_curves.items() if meets(plans[k], points)]
     lines = ["## The choice", "",
              f"* **Deployed** (deploy/milvus/30m): the shipped embedder's {key[0]}-d vectors, {_name(key)}: "
              f"**{f['per_replica']} x {PLAN['replicas']} = {f['query_nodes']} query nodes** "
@@ -182,16 +192,21 @@ def choice(all_curves: dict[tuple[int, int, str], list[Point]], quality: dict[in
         best, best_key = min(meeting, key=lambda m: m[0]["query_nodes"])
         lines.append(f"* **Cheapest that meets the targets**: {_name(best_key)}: {best['per_replica']} x "
                      f"{PLAN['replicas']} = {best['query_nodes']} query nodes, at a list recall@1 cost of "
-                     f"{quality.get(best_key[0], 'not measured')} on `make eval`.")
-        if best_key[0] != key[0]:
+                     f"{cost_text(quality, best_key[0])} on `make eval`.")
+        cost = quality.get(best_key[0])
+        if best_key[0] != key[0] and cost is not None and cost[0] >= -QUALITY_BUDGET_PTS:
+            lines.append(f"* **A candidate for the default**: it loses at most {QUALITY_BUDGET_PTS:g} point of "
+                         "list recall@1 on every `make eval` kind; `PLANNED` (tools/bench/capacity.py) and the "
+                         "shipped dimension should move to it.")
+        elif best_key[0] != key[0]:
             lines.append(
                 f"* **Why the default stays at {key[0]} dimensions**: a cheaper default is adopted only if it "
-                f"loses at most {QUALITY_BUDGET_PTS:g} point of list recall@1 on every `make eval` kind, and "
-                "every measured projection loses more (docs/history/evaluation-runs.md, variants "
-                "`shipped-<d>-learned`). An operator who accepts the cost builds the models with "
-                f"`VS_EMBEDDING_DIMENSION={best_key[0]} make models` (the models image from that repository), "
-                f"sets the query-node count to {best['per_replica']} per replica and imports the catalog anew "
-                "(vectors of two dimensions never share a collection).")
+                f"loses at most {QUALITY_BUDGET_PTS:g} point of list recall@1 on every `make eval` kind, and this "
+                f"one loses {'an unmeasured amount' if cost is None else f'{-cost[0]:.1f}'} "
+                "(docs/history/evaluation-runs.md, variants `shipped-<d>-learned`). An operator who accepts the "
+                f"cost builds the models with `VS_EMBEDDING_DIMENSION={best_key[0]} make models` (the models image "
+                f"from that repository), sets the query-node count to {best['per_replica']} per replica and "
+                "imports the catalog anew (vectors of two dimensions never share a collection).")
     return lines + [""]
 
 
@@ -205,10 +220,11 @@ def _name(key: tuple[int, int, str]) -> str:
     return f"{key[2]}, {key[0]}-d, segments up to {key[1]} MB"
 
 
-def report(quality: dict[int, str]) -> str:
-    """The plan's markdown; ``quality`` names each dimension's list-recall cost (docs/evaluation)."""
+def report(quality: dict[int, Cost]) -> str:
+    """The plan's markdown; ``quality`` holds each dimension's list-recall cost (docs/evaluation)."""
     all_curves = curves()
-    rows = int(PLAN["images"] * PLAN["rows_per_image"])
+    plans = {key: plan(points, key[0]) for key, points in all_curves.items()}
+    rows = int(ROWS)
     lines = [
         "# Capacity plan: 30 million catalog images", "",
         "Generated by `python -m tools.bench.capacity` from what `make bench-scale` measured "
@@ -235,7 +251,7 @@ def report(quality: dict[int, str]) -> str:
         f"{NODE_BUDGET} query nodes in all | a bill an operator accepts for this load; recall@10 against exact "
         "search at the largest measured size |", "",
         f"Rows: {PLAN['images'] / 1e6:.0f} M x {PLAN['rows_per_image']:g} = **{rows / 1e6:.0f} million vectors**.",
-        "", *choice(all_curves, quality),
+        "", *choice(all_curves, plans, quality),
         "## How it is computed", "",
         f"* **CPU per query vector**: a photo's call (nq={PHOTO_NQ}; nq=8 for the 1280-d runs made before the "
         "one-list change) p50 x the bench machine's cores / nq: an upper bound (both cores counted busy for the "
@@ -271,16 +287,16 @@ def report(quality: dict[int, str]) -> str:
               "| configuration | points | list R@1 cost (make eval) | recall@10 | GB per replica | nodes for memory "
               "| core-ms per query vector | cores | nodes for CPU | segments | p99 ms (estimate) "
               "| query nodes (x replicas) | meets the targets |", "|---" * 13 + "|"]
-    for key, points in sorted(all_curves.items(), key=lambda kv: plan(kv[1], kv[0][0])["query_nodes"]):
-        f = plan(points, key[0])
-        bold = "**" if key == (PLANNED["dimension"], PLANNED["segment_max_mb"], PLANNED["index_type"]) else ""
+    for key, points in sorted(all_curves.items(), key=lambda kv: plans[kv[0]]["query_nodes"]):
+        f = plans[key]
+        bold = "**" if key == PLANNED_KEY else ""
         lines.append(
-            f"| {bold}{_name(key)}{bold} | {len(points)} | {quality.get(key[0], 'not measured')} | "
+            f"| {bold}{_name(key)}{bold} | {len(points)} | {cost_text(quality, key[0])} | "
             f"{f['recall10']:.3f} | {f['memory_bytes'] / 1e9:.0f} | {f['memory_nodes']} | {f['core_ms']:.1f} | "
             f"{f['cores']:.0f} | {f['cpu_nodes']} | {f['segments'] or '-'} | {f['p99_ms']:.0f} | "
             f"{bold}{f['per_replica']} x {PLAN['replicas']} = {f['query_nodes']}{bold} | "
             f"{'yes' if meets(f, points) else 'no' if len(points) >= 3 else 'fewer than 3 sizes'} |")
-    f, volumes = planned()
+    f, volumes = plans[PLANNED_KEY], storage(PLANNED["dimension"], all_curves[PLANNED_KEY])
     lines += ["", "## Storage of the planned configuration (extrapolated)", "",
               f"* MinIO: {f['rows'] / 1e6:.0f} M rows x ({PLANNED['dimension']} x 4 vector bytes + "
               f"{PLAN['scalar_bytes_per_row']} scalar bytes + the index) x {PLAN['storage_headroom']} compaction "
@@ -296,7 +312,7 @@ def report(quality: dict[int, str]) -> str:
     return "\n".join(lines + [NOTES])
 
 
-def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, str]:
+def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, Cost]:
     """Each dimension's list recall@1 against the shipped default's, on the worst `make eval` kind
     (the variants `shipped` and `shipped-<d>-learned`: the same models and settings, the embedder
     projected to d dimensions)."""
@@ -304,7 +320,7 @@ def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, str]:
     shipped = by_name.get("shipped")
     if not shipped:
         return {}
-    costs = {shipped["dimension"]: "today's default"}
+    costs: dict[int, Cost] = {shipped["dimension"]: (0.0, None)}
     for name, result in by_name.items():
         match = re.fullmatch(r"shipped-(\d+)-learned", name)
         if not match:
@@ -312,7 +328,7 @@ def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, str]:
         deltas = {kind: result["kinds"][kind]["list"]["recall1"] - figures["list"]["recall1"]
                   for kind, figures in shipped["kinds"].items() if kind in result["kinds"]}
         worst = min(deltas, key=deltas.get)
-        costs[int(match.group(1))] = f"{deltas[worst] * 100:+.1f} pts ({worst}, its worst kind)"
+        costs[int(match.group(1))] = (deltas[worst] * 100, worst)
     return costs
 
 
