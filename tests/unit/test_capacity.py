@@ -92,3 +92,8 @@ def test_the_choice_prices_the_cheaper_configuration_and_keeps_the_default_when_
     # a cheaper configuration of the same dimension costs no recall: nothing to explain
     same = {deployed: curves[deployed], (deployed[0], 512, "HNSW"): points(0.5, 1.0, 2.0)}
     assert "Why the default stays" not in text(same, {})
+
+
+def test_a_plan_without_runs_of_the_planned_configuration_says_which_to_make():
+    with pytest.raises(SystemExit, match=r"make bench-scale .*--segment-max-mb"):
+        capacity.planned_points({(256, 2048, "HNSW"): points(0.5, 1.0, 2.0)})

@@ -146,9 +146,18 @@ def storage(dimension: int, points: list[Point]) -> dict:
             "bookie_ledgers_gib": int(np.ceil(wal / 2**30 / 100) * 100)}
 
 
+def planned_points(all_curves: dict[tuple[int, int, str], list[Point]]) -> list[Point]:
+    """``PLANNED``'s measured points, or an error that says which runs to make."""
+    if PLANNED_KEY not in all_curves:
+        raise SystemExit(f"no run of {_name(PLANNED_KEY)} in docs/scale/: make bench-scale SCALE_ARGS='--dimension "
+                         f"{PLANNED['dimension']} --segment-max-mb {PLANNED['segment_max_mb']} --index-types "
+                         f"{PLANNED['index_type']} --vectors N' at three sizes or more")
+    return all_curves[PLANNED_KEY]
+
+
 def planned() -> tuple[dict, dict]:
     """The plan and the storage of ``PLANNED`` (what deploy/milvus/30m holds)."""
-    points = curves()[PLANNED_KEY]
+    points = planned_points(curves())
     return plan(points, PLANNED["dimension"]), storage(PLANNED["dimension"], points)
 
 
@@ -223,6 +232,7 @@ def _name(key: tuple[int, int, str]) -> str:
 def report(quality: dict[int, Cost]) -> str:
     """The plan's markdown; ``quality`` holds each dimension's list-recall cost (docs/evaluation)."""
     all_curves = curves()
+    planned_points(all_curves)
     plans = {key: plan(points, key[0]) for key, points in all_curves.items()}
     rows = int(ROWS)
     lines = [
