@@ -109,13 +109,14 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, float, float, 
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)), ratio, float(left), float(top)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS over xyxy boxes; returns kept indices by descending score."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
+    """Greedy NMS over xyxy boxes; returns kept indices by descending score, at most ``limit``
+    (greedy NMS keeps in score order, so stopping there keeps the same first ``limit``)."""
     order = np.argsort(-scores)
     keep: list[int] = []
     x1, y1, x2, y2 = boxes.T
     areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    while order.size:
+    while order.size and (limit is None or len(keep) < limit):
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
@@ -155,21 +156,22 @@ def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
     NMS per class (boxes offset per class) unless class-agnostic; boxes outside the settings'
     share of ``image_area`` (letterbox px^2) dropped before NMS; at most ``max_objects`` kept.
     """
-    preds = raw.T
-    class_scores = preds[:, 4:4 + num_classes]
-    classes = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(classes)), classes]
+    # Along the rows as the detector lays them out ([4+C, N]): reducing a transposed view
+    # strides across memory and took 3x longer.
+    class_scores = raw[4:4 + num_classes]
+    classes = class_scores.argmax(axis=0)
+    scores = class_scores.max(axis=0)
     mask = scores >= settings.score_threshold
     if image_area and (settings.min_box_fraction > 0 or settings.max_box_fraction < 1):
-        share = preds[:, 2] * preds[:, 3] / image_area
+        share = raw[2] * raw[3] / image_area
         mask &= (share >= settings.min_box_fraction) & (share <= settings.max_box_fraction)
     if not mask.any():
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32)
-    cx, cy, w, h = preds[mask, :4].T
+    cx, cy, w, h = raw[:4, mask]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     scores, classes = scores[mask], classes[mask]
     offset = 0.0 if settings.class_agnostic_nms else classes[:, None].astype(np.float32) * 10_000.0
-    keep = nms(boxes + offset, scores, settings.iou_threshold)[:settings.max_objects]
+    keep = nms(boxes + offset, scores, settings.iou_threshold, settings.max_objects)
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
 
 

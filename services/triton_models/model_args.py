@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from services.triton_models import views
+
 
 def config_parameters(args: dict) -> dict[str, str]:
     """The ``parameters`` of the model's config.pbtxt."""
@@ -43,9 +45,10 @@ def config_file_parameters(path: Path) -> dict[str, str]:
 
 
 def pipeline_fingerprint(config_paths: list[Path]) -> str:
-    """sha256 of the parameters (not the comments) of the configs that shape what is embedded:
-    an image whose rows were made under other settings is embedded again on its next import."""
-    digest = hashlib.sha256()
+    """sha256 of the parameters (not the comments) of the configs that shape what is embedded,
+    and of the whole-image views' recipe: an image whose rows were made under other settings
+    or views is embedded again on its next import."""
+    digest = hashlib.sha256(f"views:{views.RECIPE}".encode())
     for path in config_paths:
         parameters = sorted(config_file_parameters(path).items())
         digest.update(json.dumps([path.parent.name, parameters]).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.triton_models import views
 from services.triton_models.model_args import pipeline_fingerprint
 
 
@@ -21,3 +22,12 @@ def test_the_pipeline_fingerprint_follows_parameters_not_comments(tmp_path):
     assert fingerprint(reordered) == shipped
     assert fingerprint('parameters { key: "whole_image_views" value { string_value: "1" } }\n'
                        'parameters { key: "max_objects" value { string_value: "28" } }\n') != shipped
+
+
+def test_the_pipeline_fingerprint_follows_the_views_recipe(tmp_path, monkeypatch):
+    config = tmp_path / "postprocess" / "config.pbtxt"
+    config.parent.mkdir()
+    config.write_text('parameters { key: "whole_image_views" value { string_value: "4" } }\n')
+    shipped = pipeline_fingerprint([config])
+    monkeypatch.setattr(views, "RECIPE", views.RECIPE + 1)
+    assert pipeline_fingerprint([config]) != shipped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from services.triton_models import imaging, views
 from tests.unit.test_imaging import _yolo
@@ -33,6 +34,19 @@ def test_turned_views_fill_the_uncovered_corners_with_the_background():
         corners = view[:, [0, 0, -1, -1], [0, -1, 0, -1]]
         assert corners.min() >= 225, corners  # the studio tone, not black triangles
         assert view.min() < 100  # the object is still there
+
+
+@pytest.mark.parametrize("degrees", [views.TURN_DEGREES, -views.TURN_DEGREES])
+def test_a_turned_view_is_pillows_expanded_rotation_resized(degrees):
+    img = Image.fromarray(_studio_photo())
+    turned = np.asarray(views.turned(img, degrees, 128, (235, 235, 235)), np.float32)
+    rotated = img.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=(235, 235, 235))
+    reference = np.asarray(rotated.resize((128, 128), Image.Resampling.BILINEAR), np.float32)
+    other_way = np.asarray(img.rotate(-degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=(235, 235, 235))
+                           .resize((128, 128), Image.Resampling.BILINEAR), np.float32)
+    # same turn and canvas: only the resampling differs (edges of the stripes)
+    assert np.abs(turned - reference).mean() < 4
+    assert np.abs(turned - other_way).mean() > 2 * np.abs(turned - reference).mean()
 
 
 def test_the_low_resolution_view_loses_the_fine_detail():
