@@ -175,15 +175,24 @@ def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
 
 
+def crop_windows(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Kx4 float32: each xyxy box widened to whole pixels (floor, ceil), at least 1 px, inside
+    the image: the pixels its crop takes."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    left = np.clip(np.floor(boxes[:, 0]), 0, width - 1)
+    top = np.clip(np.floor(boxes[:, 1]), 0, height - 1)
+    right = np.clip(np.ceil(boxes[:, 2]), left + 1, width)
+    bottom = np.clip(np.ceil(boxes[:, 3]), top + 1, height)
+    return np.stack([left, top, right, bottom], axis=1).astype(np.float32)
+
+
 def crop_resize(pixels: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Crop each xyxy box (in ``pixels`` coordinates) and resize to ``size``; NCHW uint8."""
     img = Image.fromarray(pixels)
     h, w = pixels.shape[:2]
     out = np.empty((len(boxes), 3, size, size), np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        left, top = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
-        right, bottom = int(np.clip(np.ceil(x2), left + 1, w)), int(np.clip(np.ceil(y2), top + 1, h))
-        crop = img.crop((left, top, right, bottom)).resize((size, size), Image.Resampling.BILINEAR)
+    for i, window in enumerate(crop_windows(boxes, w, h).astype(int).tolist()):
+        crop = img.crop(tuple(window)).resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(crop, np.uint8).transpose(2, 0, 1)
     return out
 
@@ -191,6 +200,17 @@ def crop_resize(pixels: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
 def labels(class_ids: np.ndarray, classes: list[str]) -> list[str]:
     """Class names of detections; the whole-image fallback (-1) is WHOLE_IMAGE_LABEL."""
     return [WHOLE_IMAGE_LABEL if c < 0 else classes[c] for c in class_ids]
+
+
+@dataclass
+class Located:
+    """Where the objects are: everything but their pixels."""
+
+    boxes: np.ndarray  # Kx4 xyxy in original-image pixels
+    scores: np.ndarray  # K
+    class_ids: np.ndarray  # K, -1 for the whole-image fallback
+    crop_boxes: np.ndarray  # (K - 1)x4 xyxy whole pixels of the working picture: each object's crop
+    fallback: bool  # nothing detected: the whole image (always the last row) is the only row
 
 
 @dataclass
@@ -209,23 +229,24 @@ class Detections:
 
 
 def prepare_detector_input(decoded: Decoded, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The detector tensor (3xSxS) and the geometry that maps its boxes back (7 floats)."""
+    """The detector tensor (3xSxS) and the geometry that maps its boxes back (9 floats: the
+    letterbox's ratio and padding, the working picture's scale to the original, the original's
+    width and height, the working picture's width and height)."""
     tensor, ratio, pad_x, pad_y = letterbox(decoded.pixels, size)
+    work_h, work_w = decoded.pixels.shape[:2]
     geometry = np.array([ratio, pad_x, pad_y, decoded.scale_x, decoded.scale_y,
-                         decoded.width, decoded.height], np.float32)
+                         decoded.width, decoded.height, work_w, work_h], np.float32)
     return tensor, geometry
 
 
-def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
-                            settings: DetectionSettings, crop_size: int) -> Detections:
-    """YOLO output for one image -> boxes in original pixels and embedder crops.
+def locate(raw: np.ndarray, geometry: np.ndarray, num_classes: int, settings: DetectionSettings) -> Located:
+    """YOLO output for one image -> boxes in original pixels, and the crop boxes in the
+    working picture (widened by the settings' ``crop_margin``).
 
     The last row is always the whole image (class -1, score 0): every photo is also searched
     and stored as a whole, so a product is found even when the two photos' detections differ.
-    ``fallback`` says that it is the only row (nothing was detected). The crops end with the
-    settings' ``whole_image_views`` views of the whole image instead of one."""
-    ratio, pad_x, pad_y, scale_x, scale_y, width, height = geometry.tolist()
-    h, w = pixels.shape[:2]
+    ``fallback`` says that it is the only row (nothing was detected)."""
+    ratio, pad_x, pad_y, scale_x, scale_y, width, height, w, h = geometry.tolist()
     # the photo's area in letterbox pixels, what the box shares are measured against
     boxes, scores, classes = detect(raw, num_classes, settings, image_area=w * h * ratio * ratio)
     work = (boxes - np.array([pad_x, pad_y, pad_x, pad_y], np.float32)) / ratio
@@ -233,14 +254,29 @@ def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.nd
     valid = ((work[:, 2] - work[:, 0]) >= 2) & ((work[:, 3] - work[:, 1]) >= 2)
     work, scores, classes = work[valid], scores[valid], classes[valid]
     fallback = len(work) == 0
+    crop_boxes = crop_windows(widened(work.reshape(-1, 4), settings.crop_margin, w, h), int(w), int(h))
     work = np.concatenate([work.reshape(-1, 4), np.array([[0, 0, w, h]], np.float32)])
     scores = np.concatenate([scores, np.zeros((1,), np.float32)])
     classes = np.concatenate([classes, np.full((1,), -1, np.int32)])
     original = work * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
     original = np.clip(original, 0, [width, height, width, height]).astype(np.float32)
-    crops = np.concatenate([crop_resize(pixels, widened(work[:-1], settings.crop_margin, w, h), crop_size),
-                            views.whole_image_views(pixels, crop_size, settings.whole_image_views)])
-    return Detections(original, scores.astype(np.float32), classes.astype(np.int32), crops, fallback)
+    return Located(original, scores.astype(np.float32), classes.astype(np.int32), crop_boxes, fallback)
+
+
+def crops_of(pixels: np.ndarray, crop_boxes: np.ndarray, crop_size: int, view_count: int) -> np.ndarray:
+    """The embedder's input for one photo with Pillow: each crop box's crop, then the whole
+    image's ``view_count`` views. The crops model's graph (GPU configs) does the same."""
+    return np.concatenate([crop_resize(pixels, crop_boxes, crop_size),
+                           views.whole_image_views(pixels, crop_size, view_count)])
+
+
+def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
+                            settings: DetectionSettings, crop_size: int) -> Detections:
+    """``locate`` and ``crops_of`` in one call: what the postprocess and crops models make of one
+    YOLO output. The crops end with the settings' ``whole_image_views`` views of the whole image."""
+    found = locate(raw, geometry, num_classes, settings)
+    crops = crops_of(pixels, found.crop_boxes, crop_size, settings.whole_image_views)
+    return Detections(found.boxes, found.scores, found.class_ids, crops, found.fallback)
 
 
 def widened(boxes: np.ndarray, margin: float, width: float, height: float) -> np.ndarray:

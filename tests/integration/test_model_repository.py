@@ -6,18 +6,19 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from services.search import triton_client as tc
 from tests.conftest import BUILD
+from tools.models import crop_graph, repository
 from tools.models import manifest as mf
-from tools.models import repository
 from tools.models.build import BUILTIN, custom_model, resolve
 
-PIPELINE_MODELS = {"preprocess", "detector", "postprocess", "embedder", "pool_views", "region_crop", "model_info",
-                   tc.DETECT_ENSEMBLE, tc.REGION_ENSEMBLE}
+PIPELINE_MODELS = {"preprocess", "detector", "postprocess", "crops", "embedder", "pool_views", "region_crop",
+                   "model_info", tc.DETECT_ENSEMBLE, tc.REGION_ENSEMBLE}
 
 
 def io_signature(cfg):
@@ -34,11 +35,12 @@ def test_cpu_and_gpu_variants_agree_on_models_tensors_shapes_and_types():
         assert cpu[name].max_batch_size == gpu[name].max_batch_size, name
         assert cpu[name].dynamic_batching == gpu[name].dynamic_batching, name
         assert cpu[name].ensemble_scheduling == gpu[name].ensemble_scheduling, name
-    # only the two ONNX models have a CPU config, and only their backend differs
+    # only the models that ONNX Runtime serves on a GPU have a CPU config, and only their backend differs
     assert sorted(p.parent.parent.name for p in repository.REPOSITORY.glob("*/configs/cpu.pbtxt")) == \
-        sorted(repository.ONNX_MODELS)
-    for name in repository.ONNX_MODELS:
+        sorted(repository.ONNX_MODELS + (repository.CROPS,))
+    for name in repository.ONNX_MODELS + (repository.CROPS,):
         assert gpu[name].platform == "onnxruntime_onnx" and cpu[name].backend == "python"
+        assert gpu[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
         assert cpu[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
 
@@ -129,6 +131,28 @@ def test_installed_models_match_the_configs_tensor_names():
         model = onnx.load(str(onnx_file), load_external_data=False)
         assert [i.name for i in model.graph.input] == [cfgs[name].input[0].name]
         assert [o.name for o in model.graph.output] == [cfgs[name].output[0].name]
+
+
+def test_the_installed_crop_graph_is_the_crops_configs_model_for_the_embedders_side():
+    cfg = repository.configs("gpu")[repository.CROPS]
+    model = onnx.load(str(repository.REPOSITORY / repository.CROPS / "1" / mf.MODEL_NAME))
+    onnx.checker.check_model(model, full_check=True)
+    # Triton 24.10's ONNX Runtime (1.19) reads IR version <= 10 and opsets <= 21
+    assert model.ir_version <= 10 and max(o.version for o in model.opset_import) <= 21
+    elem = {onnx.TensorProto.UINT8: mc.TYPE_UINT8, onnx.TensorProto.FLOAT: mc.TYPE_FP32,
+            onnx.TensorProto.INT64: mc.TYPE_INT64}
+    for tensors, declared in ((model.graph.input, cfg.input), (model.graph.output, cfg.output)):
+        assert [t.name for t in tensors] == [t.name for t in declared]
+        assert [elem[t.type.tensor_type.elem_type] for t in tensors] == [t.data_type for t in declared]
+        for tensor, config in zip(tensors, declared, strict=True):
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim]
+            assert len(dims) == len(config.dims), tensor.name
+            assert all(c in (-1, d) for d, c in zip(dims, config.dims, strict=True)), tensor.name
+    # no TensorRT: an engine per picture size would be built under live traffic
+    assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    side = repository.installed("embedder")[1]["serving"]["input"]["shape"][1]
+    crops = crop_graph.CropGraph(model).crops(np.zeros((40, 60, 3), np.uint8), np.zeros((0, 4), np.float32), 1)
+    assert crops.shape == (1, 3, side, side)
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))

@@ -145,7 +145,7 @@ def test_a_crop_margin_widens_the_embedded_crop_but_not_the_reported_box():
     pixels = np.zeros((200, 200, 3), np.uint8)
     pixels[50:150, 50:150] = 255
     raw = _yolo((100, 100, 100, 100, 0, 0.9))
-    geometry = np.array([1, 0, 0, 1, 1, 200, 200], np.float32)
+    geometry = np.array([1, 0, 0, 1, 1, 200, 200, 200, 200], np.float32)
     tight = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(), 32)
     wide = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(crop_margin=0.25),
                                            32)

@@ -78,7 +78,7 @@ def test_pooling_replaces_the_views_by_their_normalised_mean_and_keeps_the_objec
 def test_detections_end_with_the_whole_images_views():
     pixels = _studio_photo()
     raw = _yolo((200, 150, 100, 100, 0, 0.9))
-    geometry = np.array([1, 0, 0, 1, 1, 400, 300], np.float32)
+    geometry = np.array([1, 0, 0, 1, 1, 400, 300, 400, 300], np.float32)
     found = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(whole_image_views=4),
                                             32)
     assert len(found.boxes) == 2 and len(found.crops) == 1 + 4

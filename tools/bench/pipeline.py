@@ -67,8 +67,8 @@ def query_images(n: int) -> list[bytes]:
 def _time_pipeline(pipeline: LocalPipeline, images: list[bytes]) -> dict[str, list[float]]:
     s = pipeline.settings
     det = pipeline.detector_manifest["serving"]
-    stages: dict[str, list[float]] = {"decode_letterbox": [], "detector": [], "nms_crop": [], "embedder": [],
-                                      "total": []}
+    stages: dict[str, list[float]] = {"decode_letterbox": [], "detector": [], "nms": [], "crops": [],
+                                      "embedder": [], "total": []}
     for data in images:
         t0 = time.perf_counter()
         decoded = imaging.decode(data, s.max_pixels, s.work_side)
@@ -76,12 +76,14 @@ def _time_pipeline(pipeline: LocalPipeline, images: list[bytes]) -> dict[str, li
         t1 = time.perf_counter()
         raw = pipeline.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
         t2 = time.perf_counter()
-        found = imaging.objects_from_detections(raw, decoded.pixels, geometry, len(pipeline.classes),
-                                                   s.detection, pipeline.crop_size)
+        located = imaging.locate(raw, geometry, len(pipeline.classes), s.detection)
         t3 = time.perf_counter()
-        pipeline.embed_found(found)
+        crops = imaging.crops_of(decoded.pixels, located.crop_boxes, pipeline.crop_size, s.detection.whole_image_views)
         t4 = time.perf_counter()
-        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+        pipeline.embed_found(imaging.Detections(located.boxes, located.scores, located.class_ids, crops,
+                                                located.fallback))
+        t5 = time.perf_counter()
+        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0), strict=True):
             stages[key].append(value * 1000)
     return stages
 
@@ -428,18 +430,21 @@ def write_report(out: Path, data: dict, plots: list[Path]) -> None:
               f"| float (GPU configs) | {per_core['float']:.2f} |",
               f"| INT8 (CPU configs) | {per_core['int8']:.2f} |", "",
               f"INT8 / float: **{per_core['int8'] / per_core['float']:.2f}x** images/s per core (target >= 1.8x).",
-              "", "CPU work a GPU pod still does per image (the Python pre/post models; the detector and embedder "
-              "run on the GPU there), from the stage timings above, one core each:", "",
+              "", "CPU work outside the two networks per image, from the stage timings above, one core each. "
+              "A GPU pod runs the crops as the crops model's ONNX graph on the GPU (not measured here: no GPU); "
+              "a CPU pod makes them with Pillow (`python -m tools.bench.crops` compares the graph on CPU):", "",
               "| stage | CPU ms / image | images/s per core |", "|---|---|---|"]
-    cpu_side = {k: v for k, v in lim["sequential_ms"].items() if k in ("decode_letterbox", "nms_crop")}
+    cpu_side = {k: v for k, v in lim["sequential_ms"].items() if k in ("decode_letterbox", "nms", "crops")}
     for name, ms in cpu_side.items():
         lines.append(f"| {name} | {ms:.1f} | {1000 / ms:.0f} |")
+    gpu_pod_ms = cpu_side["decode_letterbox"] + cpu_side["nms"]
     cpu_ms = sum(cpu_side.values())
-    lines += [f"| both | {cpu_ms:.1f} | {1000 / cpu_ms:.0f} |", "",
-              f"So feeding a GPU at 1,000 images/s takes about {cpu_ms:.0f} CPU cores for decoding, letterboxing, "
-              "NMS and cropping alone (before the Python backend's inter-process copies, which the Triton "
-              "figures below include): size the GPU pod's CPU request and the preprocess/postprocess "
-              "instance counts from it.",
+    lines += [f"| all three (a CPU pod) | {cpu_ms:.1f} | {1000 / cpu_ms:.0f} |",
+              f"| decode_letterbox + nms (a GPU pod) | {gpu_pod_ms:.1f} | {1000 / gpu_pod_ms:.0f} |", "",
+              f"So feeding a GPU at 1,000 images/s takes about {gpu_pod_ms:.0f} CPU cores for decoding, "
+              f"letterboxing and NMS ({cpu_ms:.0f} if the crops were made on its CPUs too), before the Python "
+              "backend's inter-process copies, which the Triton figures below include: size the GPU pod's CPU "
+              "request and the preprocess/postprocess instance counts from it.",
               "",
               "## 2. Triton alone and the whole service", "",
               "| concurrency | Triton ensemble img/s | p50 ms | p99 ms | CPU cores | SearchByImage req/s | p50 ms | "

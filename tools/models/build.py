@@ -311,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             served = resolve(choice, role, args.cache, dimension if role == "embedder" else None)
             ensure_int8(served, args.cache)
             repository.install(role, served, args.repository)
+        repository.install_crop_graph(args.repository)
     except (mf.ManifestError, ValueError) as exc:
         log.error("model build failed: %s", exc)
         return 1
-    log.info("installed the detector and embedder into %s", args.repository)
+    log.info("installed the detector, the embedder and the crop graph into %s", args.repository)
     return 0
 
 

@@ -3,8 +3,9 @@ models into it, and copy it with other CPU settings for benchmarks.
 
 The repository itself (every ``config.pbtxt``, ``configs/cpu.pbtxt`` and ``1/model.py``) is
 in git. ``make models`` only adds ``detector/`` and ``embedder/``'s ``1/model.onnx`` and
-``manifest.json``; the Python models read what depends on the plugged-in model (input sizes,
-class names) from those manifests.
+``manifest.json``, and ``crops/1/model.onnx`` (the GPU config's crop graph, built for the
+embedder's input side); the Python models read what depends on the plugged-in model (input
+sizes, class names) from those manifests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from services.paths import ROOT
 from services.triton_models.imaging import DetectionSettings
+from tools.models import crop_graph
 from tools.models import manifest as mf
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ REPOSITORY = ROOT / "model_repository"
 CPU_CONFIG = "cpu"  # --model-config-name of the CPU variant (configs/cpu.pbtxt where a model has one)
 VARIANTS = ("gpu", CPU_CONFIG)
 ONNX_MODELS = ("detector", "embedder")
+CROPS = "crops"  # its GPU config serves the crop graph `make models` writes; its CPU config, Pillow
 INT8_NAME = "model.int8.onnx"  # tools.models.quantize writes it; only the CPU configs serve it
 
 
@@ -90,6 +93,15 @@ def install(role: str, served: Path, repository: Path = REPOSITORY) -> None:
     else:
         int8.unlink(missing_ok=True)
     _replace(served / mf.MANIFEST_NAME, folder / mf.MANIFEST_NAME)
+
+
+def install_crop_graph(repository: Path = REPOSITORY) -> Path:
+    """Write the crops model's graph for the installed embedder's input side."""
+    side = mf.load_file(Path(repository) / "embedder" / mf.MANIFEST_NAME)["serving"]["input"]["shape"][1]
+    dst = Path(repository) / CROPS / "1" / mf.MODEL_NAME
+    tmp = crop_graph.write(dst.with_name(f".{dst.name}.tmp"), side)
+    tmp.replace(dst)
+    return dst
 
 
 def installed(role: str, repository: Path = REPOSITORY, variant: str = "gpu") -> tuple[Path, dict]:
