@@ -5,8 +5,9 @@ runs with its CUDA provider in the GPU config, so a GPU pod's CPUs do not crop a
 Python. On CPU, Pillow is the faster of the two (``python -m tools.bench.crops``), so the CPU
 config keeps it.
 
-* the boxes: one batched ``RoiAlign``, each output pixel the mean of the box's pixels under
-  it (Pillow's antialiased downscaling, approximately);
+* the boxes: one batched ``RoiAlign`` for those larger than the output (each output pixel
+  the mean of the box's pixels under it: Pillow's antialiased shrinking, approximately), one
+  ``GridSample`` for the others (bilinear, the samples kept inside the box, as Pillow's);
 * the plain view: ``Resize`` with ``antialias`` (the filter Pillow's bilinear resize uses);
 * the views turned 15 degrees each way: one ``GridSample`` of a copy at the output side, the
   uncovered corners filled with the border's median colour (``TopK``) as ``views.turned``;
@@ -122,22 +123,22 @@ def _turned_views(g: _Graph, source: str, hw: str, fill: str, side: int) -> str:
     return g.op("Where", inside, turned, fill)
 
 
-def _box_crops(g: _Graph, x: str, hw: str, side: int) -> str:
+def _box_crops(g: _Graph, x: str, boxes: str, hw: str, side: int) -> str:
     """[K,3,S,S]: each box's crop. A box larger than S on a side is shrunk by RoiAlign (each
     output pixel the mean of the box's pixels under it, as Pillow's antialiased shrinking); one
     no larger is enlarged by GridSample with its samples kept inside the box, as Pillow's
     bilinear enlarging repeats a crop's edge pixels (RoiAlign would blend in the pixels just
     outside, which changes a 10 px box's embedding noticeably)."""
-    count = g.op("Slice", g.op("Shape", BOXES), g.const([0], np.int64), g.const([1], np.int64))
+    count = g.op("Slice", g.op("Shape", boxes), g.const([0], np.int64), g.const([1], np.int64))
     batch_index = g.op("ConstantOfShape", count, value=numpy_helper.from_array(np.zeros(1, np.int64)))
-    shrunk = g.op("RoiAlign", x, BOXES, batch_index, output_height=side, output_width=side,
+    shrunk = g.op("RoiAlign", x, boxes, batch_index, output_height=side, output_width=side,
                   sampling_ratio=BOX_SAMPLES, mode="avg", spatial_scale=1.0,
                   coordinate_transformation_mode="half_pixel")
     frac = ((np.arange(side, dtype=np.float32) + 0.5) / side)
     axes = []
     for first, last, size_index, shape in ((0, 2, 1, (1, 1, side)), (1, 3, 0, (1, side, 1))):
-        start = g.op("Unsqueeze", g.op("Gather", BOXES, g.const([first], np.int64), axis=1), g.const([2], np.int64))
-        end = g.op("Unsqueeze", g.op("Gather", BOXES, g.const([last], np.int64), axis=1), g.const([2], np.int64))
+        start = g.op("Unsqueeze", g.op("Gather", boxes, g.const([first], np.int64), axis=1), g.const([2], np.int64))
+        end = g.op("Unsqueeze", g.op("Gather", boxes, g.const([last], np.int64), axis=1), g.const([2], np.int64))
         # pixel-centre coordinates of the samples ([K,1,1] boxes), kept on the box's pixels
         centre = g.op("Sub", g.op("Add", start, g.op("Mul", g.op("Sub", end, start), g.const(frac.reshape(shape)))),
                       g.const(0.5))
@@ -152,8 +153,8 @@ def _box_crops(g: _Graph, x: str, hw: str, side: int) -> str:
     tall = g.op("Reshape", grid, g.const([1, -1, side, 2], np.int64))
     enlarged = g.op("GridSample", x, tall, mode="bilinear", padding_mode="border", align_corners=0)
     enlarged = g.op("Transpose", g.op("Reshape", enlarged, g.const([3, -1, side, side], np.int64)), perm=[1, 0, 2, 3])
-    sides = g.op("Sub", g.op("Slice", BOXES, g.const([2], np.int64), g.const([4], np.int64), g.const([1], np.int64)),
-                 g.op("Slice", BOXES, g.const([0], np.int64), g.const([2], np.int64), g.const([1], np.int64)))
+    sides = g.op("Sub", g.op("Slice", boxes, g.const([2], np.int64), g.const([4], np.int64), g.const([1], np.int64)),
+                 g.op("Slice", boxes, g.const([0], np.int64), g.const([2], np.int64), g.const([1], np.int64)))
     small = g.op("LessOrEqual", g.op("ReduceMax", sides, g.const([1], np.int64), keepdims=1), g.const(float(side)))
     small = g.op("Reshape", small, g.const([-1, 1, 1, 1], np.int64))
     return g.op("Where", small, enlarged, shrunk)
@@ -170,7 +171,11 @@ def build(side: int) -> onnx.ModelProto:
     g = _Graph()
     x = g.op("Cast", g.op("Transpose", IMAGE, perm=[0, 3, 1, 2]), to=TensorProto.FLOAT)  # [1,3,H,W]
     _, hw = _hw(g, x)
-    boxes = _box_crops(g, x, hw, side)
+    # One more box than asked (a 1 px one, dropped at the end), so that no operator sees a
+    # zero-size tensor on a photo without objects: the CUDA kernels are not exercised here.
+    count = g.op("Slice", g.op("Shape", BOXES), g.const([0], np.int64), g.const([1], np.int64))
+    padded = g.op("Concat", BOXES, g.const([[0.0, 0.0, 1.0, 1.0]]), axis=0)
+    boxes = _box_crops(g, x, padded, hw, side)
     square = g.const([1, 3, side, side], np.int64)
     plain = _resize(g, x, square)
     # The other views come from a copy at twice the input side, as in views.whole_image_views
@@ -184,7 +189,11 @@ def build(side: int) -> onnx.ModelProto:
     low = _resize(g, low, square, antialias=0)
     whole = g.op("Slice", g.op("Concat", plain, turned, low, axis=0), g.const([0], np.int64), VIEWS,
                  g.const([0], np.int64))
-    stacked = g.op("Concat", boxes, whole, axis=0)
+    scalar = g.const([0], np.int64)
+    rows = g.op("Range", g.const(0, np.int64), g.op("Squeeze", g.op("Add", count, VIEWS), scalar), g.const(1, np.int64))
+    after_pad = g.op("GreaterOrEqual", rows, g.op("Squeeze", count, scalar))
+    skip_pad = g.op("Add", rows, g.op("Cast", after_pad, to=TensorProto.INT64))
+    stacked = g.op("Gather", g.op("Concat", boxes, whole, axis=0), skip_pad, axis=0)
     g.op("Cast", g.op("Clip", g.op("Round", stacked), g.const(0.0), g.const(255.0)), to=TensorProto.UINT8,
          out=CROPS)
     graph = helper.make_graph(
