@@ -270,15 +270,6 @@ def crops_of(pixels: np.ndarray, crop_boxes: np.ndarray, crop_size: int, view_co
                            views.whole_image_views(pixels, crop_size, view_count)])
 
 
-def objects_from_detections(raw: np.ndarray, pixels: np.ndarray, geometry: np.ndarray, num_classes: int,
-                            settings: DetectionSettings, crop_size: int) -> Detections:
-    """``locate`` and ``crops_of`` in one call: what the postprocess and crops models make of one
-    YOLO output. The crops end with the settings' ``whole_image_views`` views of the whole image."""
-    found = locate(raw, geometry, num_classes, settings)
-    crops = crops_of(pixels, found.crop_boxes, crop_size, settings.whole_image_views)
-    return Detections(found.boxes, found.scores, found.class_ids, crops, found.fallback)
-
-
 def widened(boxes: np.ndarray, margin: float, width: float, height: float) -> np.ndarray:
     """xyxy boxes with each side moved out by ``margin`` of the box's size, clipped to the image."""
     if margin <= 0:

@@ -7,8 +7,9 @@ costs one stored vector all the same. Both sides get it (catalog and query whole
 through the same ensemble), so the two stay comparable. Object crops stay single views: a
 query has up to ``max_objects`` of them and each view costs one more embedder run.
 
-Imported by the ``postprocess`` model (which makes the views), the ``pool_views`` model
-(which averages their embeddings) and the in-process pipeline. Needs only numpy and Pillow.
+Imported by the ``crops`` model's CPU config (which makes the views; its GPU config's graph,
+tools/models/crop_graph.py, makes the same), the ``pool_views`` model (which averages their
+embeddings) and the in-process pipeline. Needs only numpy and Pillow.
 """
 
 from __future__ import annotations

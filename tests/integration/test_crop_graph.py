@@ -28,13 +28,10 @@ def graph():
 def _both(pipeline, graph, pixels):
     """Pillow's and the graph's crops of one photo's detected objects and whole-image views."""
     decoded = pipeline.decode(encode(pixels))
-    tensor, geometry = imaging.prepare_detector_input(decoded, pipeline.size)
-    det = pipeline.detector_manifest["serving"]
-    raw = pipeline.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
-    s = pipeline.settings.detection
-    found = imaging.locate(raw, geometry, len(pipeline.classes), s)
-    pillow = imaging.crops_of(decoded.pixels, found.crop_boxes, pipeline.crop_size, s.whole_image_views)
-    return found, pillow, graph.crops(decoded.pixels, found.crop_boxes, s.whole_image_views)
+    found = pipeline.locate(decoded)
+    views_count = pipeline.settings.detection.whole_image_views
+    pillow = imaging.crops_of(decoded.pixels, found.crop_boxes, pipeline.crop_size, views_count)
+    return found, pillow, graph.crops(decoded.pixels, found.crop_boxes, views_count)
 
 
 def test_the_graph_crops_real_photos_as_pillow_does(pipeline, graph, photos):

@@ -140,14 +140,21 @@ def test_box_share_limits_drop_tiny_and_whole_photo_boxes():
     assert len(imaging.detect(raw, 3, imaging.DetectionSettings(), image_area=640 * 640)[0]) == 3
 
 
+def _found(raw, pixels, geometry, num_classes, settings, crop_size):
+    """What the postprocess and crops models make of one YOLO output."""
+    located = imaging.locate(raw, geometry, num_classes, settings)
+    crops = imaging.crops_of(pixels, located.crop_boxes, crop_size, settings.whole_image_views)
+    return imaging.Detections(located.boxes, located.scores, located.class_ids, crops, located.fallback)
+
+
 def test_a_crop_margin_widens_the_embedded_crop_but_not_the_reported_box():
     # a white square on black; the detector (letterbox 1:1, no padding) boxes it tightly
     pixels = np.zeros((200, 200, 3), np.uint8)
     pixels[50:150, 50:150] = 255
     raw = _yolo((100, 100, 100, 100, 0, 0.9))
     geometry = np.array([1, 0, 0, 1, 1, 200, 200, 200, 200], np.float32)
-    tight = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(), 32)
-    wide = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(crop_margin=0.25),
+    tight = _found(raw, pixels, geometry, 3, imaging.DetectionSettings(), 32)
+    wide = _found(raw, pixels, geometry, 3, imaging.DetectionSettings(crop_margin=0.25),
                                            32)
     assert tight.boxes[0].tolist() == wide.boxes[0].tolist() == [50, 50, 150, 150]
     assert tight.crops[0].min() == 255  # the square fills the tight crop

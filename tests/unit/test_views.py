@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from services.triton_models import imaging, views
-from tests.unit.test_imaging import _yolo
+from tests.unit.test_imaging import _found, _yolo
 
 
 def _studio_photo() -> np.ndarray:
@@ -79,7 +79,7 @@ def test_detections_end_with_the_whole_images_views():
     pixels = _studio_photo()
     raw = _yolo((200, 150, 100, 100, 0, 0.9))
     geometry = np.array([1, 0, 0, 1, 1, 400, 300, 400, 300], np.float32)
-    found = imaging.objects_from_detections(raw, pixels, geometry, 3, imaging.DetectionSettings(whole_image_views=4),
+    found = _found(raw, pixels, geometry, 3, imaging.DetectionSettings(whole_image_views=4),
                                             32)
     assert len(found.boxes) == 2 and len(found.crops) == 1 + 4
     assert (found.box_crops[1] == views.whole_image_views(pixels, 32, 1)[0]).all()

@@ -23,14 +23,6 @@ from tools.models import manifest as mf
 from tools.models.local_pipeline import LocalPipeline
 
 
-def located(pipeline: LocalPipeline, data: bytes) -> tuple[np.ndarray, imaging.Located]:
-    decoded = pipeline.decode(data)
-    tensor, geometry = imaging.prepare_detector_input(decoded, pipeline.size)
-    det = pipeline.detector_manifest["serving"]
-    raw = pipeline.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
-    return decoded.pixels, imaging.locate(raw, geometry, len(pipeline.classes), pipeline.settings.detection)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=24, help="make bench's query photos")
@@ -39,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = LocalPipeline.from_repository(threads=1)
     graph = crop_graph.CropGraph(repository.REPOSITORY / repository.CROPS / "1" / mf.MODEL_NAME, threads=1)
     views = pipeline.settings.detection.whole_image_views
-    work = [located(pipeline, data) for data in query_images(args.photos)]
+    decoded = [pipeline.decode(data) for data in query_images(args.photos)]
+    work = [(d.pixels, pipeline.locate(d)) for d in decoded]
     timings: dict[str, list[float]] = {"pillow": [], "graph": []}
     diffs = []
     for _ in range(args.rounds):

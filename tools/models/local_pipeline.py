@@ -62,15 +62,20 @@ class LocalPipeline:
     def decode(self, data: bytes) -> imaging.Decoded:
         return imaging.decode(data, self.settings.max_pixels, self.settings.work_side)
 
-    def detect(self, data: bytes | imaging.Decoded) -> imaging.Detections:
-        """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
-        s = self.settings
-        decoded = self.decode(data) if isinstance(data, bytes) else data
+    def locate(self, decoded: imaging.Decoded) -> imaging.Located:
+        """What the postprocess model makes of a decoded photo: boxes and crop boxes."""
         tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
         det = self.detector_manifest["serving"]
         raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
-        return imaging.objects_from_detections(raw, decoded.pixels, geometry, len(self.classes), s.detection,
-                                               self.crop_size)
+        return imaging.locate(raw, geometry, len(self.classes), self.settings.detection)
+
+    def detect(self, data: bytes | imaging.Decoded) -> imaging.Detections:
+        """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
+        decoded = self.decode(data) if isinstance(data, bytes) else data
+        found = self.locate(decoded)
+        crops = imaging.crops_of(decoded.pixels, found.crop_boxes, self.crop_size,
+                                 self.settings.detection.whole_image_views)
+        return imaging.Detections(found.boxes, found.scores, found.class_ids, crops, found.fallback)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         emb = self.embedder_manifest["serving"]
