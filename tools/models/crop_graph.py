@@ -32,7 +32,7 @@ from services.triton_models import views
 
 # The tensor names: model_repository/crops/config.pbtxt serves the graph under them.
 IMAGE, BOXES, VIEWS, CROPS = "image", "boxes", "views", "crops"
-OPSET = 18  # Resize's antialias (18); ONNX Runtime 1.20 (the Triton image's) runs it
+OPSET = 18  # Resize's antialias (18); the CUDA provider of Triton 24.10's ONNX Runtime (1.19) has kernels up to it
 # RoiAlign samples per output pixel and axis; 0: as many as the box has pixels per output pixel
 BOX_SAMPLES = 0
 
@@ -54,9 +54,12 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, unused_outputs: int = 0,
+           **attrs: object) -> str:
+        """The node's first output; ``unused_outputs`` more are named and left unread."""
         name = out or self._name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [name], **attrs))
+        extra = [self._name(f"{op_type.lower()}_unused") for _ in range(unused_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), [name, *extra], **attrs))
         return name
 
 
@@ -81,9 +84,7 @@ def _border_median(g: _Graph, x: str, hw_int: str) -> str:
     flat = g.const([1, 3, -1], np.int64)
     border = g.op("Concat", g.op("Reshape", rows, flat), g.op("Reshape", cols, flat), axis=2)
     half = g.op("Add", g.op("ReduceSum", hw_int, keepdims=1), g.const([1], np.int64))  # h + w + 1 = n/2 + 1
-    top = g.op("TopK", border, half, axis=2, largest=1)
-    # TopK has two outputs; the values are the first
-    g.nodes[-1].output.append(g._name("topk_index"))
+    top = g.op("TopK", border, half, axis=2, largest=1, unused_outputs=1)  # the values, not the indices
     middle = g.op("Slice", top, g.const([-2], np.int64), g.const([2**62], np.int64), g.const([2], np.int64))
     return g.op("Unsqueeze", g.op("ReduceMean", middle, g.const([2], np.int64), keepdims=1),
                 g.const([3], np.int64))
@@ -206,7 +207,7 @@ def build(side: int) -> onnx.ModelProto:
         g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="visualsearch-crop-graph")
-    model.ir_version = 8  # readable by ONNX Runtime 1.19/1.20 (Triton 24.10's backend, the image's stub)
+    model.ir_version = 8  # readable by ONNX Runtime 1.19 (Triton 24.10's ONNX Runtime backend)
     onnx.checker.check_model(model, full_check=True)
     return model
 
