@@ -65,7 +65,8 @@ def test_quality_costs_name_the_worst_kind(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"results": [result("shipped", 1280, 0.60, 1.0),
                                             result("shipped-256-learned", 256, 0.58, 0.995),
-                                            result("shipped-float", 1280, 0.7, 1.0)]}))
+                                            result("shipped-float", 1280, 0.7, 1.0),
+                                            result("shipped-1280-learned", 1280, 0.5, 1.0)]}))
     costs = capacity.quality_costs(path)
     assert capacity.cost_text(costs, 1280) == "today's default"
     assert capacity.cost_text(costs, 256) == "-2.0 pts (scene, its worst kind)"
@@ -97,3 +98,16 @@ def test_the_choice_prices_the_cheaper_configuration_and_keeps_the_default_when_
 def test_a_plan_without_runs_of_the_planned_configuration_says_which_to_make():
     with pytest.raises(SystemExit, match=r"make bench-scale .*--segment-max-mb"):
         capacity.planned_points({(256, 2048, "HNSW"): points(0.5, 1.0, 2.0)})
+
+
+def test_a_run_with_a_sustained_load_is_priced_by_the_servers_cpu_not_the_latency_bound():
+    entry = {"nq5": {"p50_ms": 10.0, "p99_ms": 20.0}, "nq1": {"recall10": 0.99}, "rss_over_idle_bytes": 2e9,
+             "segments": 4}
+    run = {"vectors": 1_000_000, "machine": "AMD EPYC, 2 cores, 24 GiB RAM", "indexes": {"HNSW": entry}}
+    bound = capacity.point(run, "HNSW")
+    assert bound.core_ms == pytest.approx(10.0 * 2 / 5) and not bound.cpu_measured
+    entry["sustained"] = {"server_core_ms_per_vector": 1.25}
+    measured = capacity.point(run, "HNSW")
+    assert measured.core_ms == 1.25 and measured.cpu_measured
+    assert capacity._cpu_kind([bound, measured]) == "server at 1 M"
+    assert capacity._cpu_kind([measured]) == "server" and capacity._cpu_kind([bound]) == "bound"

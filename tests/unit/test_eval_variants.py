@@ -1,0 +1,19 @@
+"""The evaluation's variants compare what they say they compare."""
+
+from __future__ import annotations
+
+import re
+
+from tools.eval.run import VARIANTS
+
+
+def test_the_projections_priced_by_the_capacity_plan_run_the_shipped_service_settings():
+    """The capacity plan charges each projection the list recall it loses against `shipped`
+    (tools/bench/capacity.quality_costs): a variant pinned to an older list rule would charge
+    the projection for that rule too."""
+    priced = [v for name, v in VARIANTS.items()
+              if re.fullmatch(r"shipped-\d+-learned", name) and v.dimension != 1280]
+    assert len(priced) >= 3
+    for variant in priced:
+        assert variant.service_env == VARIANTS["shipped"].service_env, variant.name
+        assert variant.postprocess == VARIANTS["shipped"].postprocess and variant.int8, variant.name
