@@ -8,7 +8,8 @@ of ``--categories`` categories, on a server whose segments grow to ``--segment-m
 index is dropped and built again on the same rows): build time, the server's resident memory
 once loaded, the sealed segments it searches, recall@10 against exact inner-product search,
 p50/p99 for nq=1, nq=5 (a photo at the service's defaults) and nq=8, and nq=1/8 with a category
-filter. Then, optionally, the same rows in a collection whose category is the partition key.
+filter, and the server's own CPU per query vector under a sustained load of photo-sized calls.
+Then, optionally, the same rows in a collection whose category is the partition key.
 
     python -m tools.bench.scale [--vectors 1000000] [--dimension 256] [--segment-max-mb 2048]
                                 [--index-types HNSW,IVF_FLAT,IVF_SQ8,IVF_PQ,DISKANN]
@@ -28,15 +29,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from services.paths import BUILD, ROOT
 from tools.bench.common import clustered_vectors, machine, pct, real_centers
-from tools.bench.scale_runs import DEFAULT_SEGMENT_MB, PHOTO_NQ, RESULTS, load_runs, result_path
+from tools.bench.scale_runs import (
+    DEFAULT_SEGMENT_MB,
+    PHOTO_NQ,
+    RESULTS,
+    SUSTAINED_CLIENTS,
+    SUSTAINED_S,
+    load_runs,
+    result_path,
+)
 from tools.cache import default_cache
 from tools.models import build
 from tools.models.local_pipeline import LocalPipeline
@@ -67,6 +78,45 @@ def server_rss_bytes(server: MilvusServer) -> int:
         except OSError:
             continue
     return total
+
+
+def server_cpu_seconds(server: MilvusServer) -> float:
+    """User + system CPU seconds the Milvus server's processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in server._binary_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
+def sustained(client, name: str, index_type: str, queries: np.ndarray, server: MilvusServer,  # noqa: ANN001
+              nq: int = PHOTO_NQ, seconds: float = SUSTAINED_S) -> dict:
+    """SUSTAINED_CLIENTS callers searching ``nq`` vectors a call, back to back, for
+    ``seconds``: the server's own CPU seconds per query vector (what a query node pays; the
+    callers' CPU is not counted), its calls per second and how busy it kept the machine's cores."""
+    params = {"metric_type": "IP", "params": INDEXES[index_type][1]}
+    deadline = time.perf_counter() + seconds
+
+    def caller(offset: int) -> int:
+        calls = 0
+        while time.perf_counter() < deadline:
+            first = ((offset + calls * SUSTAINED_CLIENTS) * nq) % (len(queries) - nq)
+            client.search(name, data=[q.tolist() for q in queries[first:first + nq]], limit=10,
+                          search_params=params, consistency_level="Bounded", timeout=120)
+            calls += 1
+        return calls
+
+    cpu, start = server_cpu_seconds(server), time.perf_counter()
+    with ThreadPoolExecutor(SUSTAINED_CLIENTS) as pool:
+        calls = sum(pool.map(caller, range(SUSTAINED_CLIENTS)))
+    wall, cpu = time.perf_counter() - start, server_cpu_seconds(server) - cpu
+    return {"nq": nq, "clients": SUSTAINED_CLIENTS, "seconds": wall, "calls": calls, "calls_per_s": calls / wall,
+            "server_cpu_s": cpu, "server_core_ms_per_vector": cpu * 1000 / (calls * nq),
+            "server_busy_cores": cpu / wall}
 
 
 def exact_top10(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None = None) -> list[set[int]]:
@@ -214,6 +264,7 @@ def run(args: argparse.Namespace) -> dict:
             entry["rss_bytes"] = server_rss_bytes(server)
             entry["rss_over_idle_bytes"] = entry["rss_bytes"] - idle_rss
             entry.update(search_figures(client, "scale", index_type, queries, truth, filtered, query_category))
+            entry["sustained"] = sustained(client, "scale", index_type, queries, server)
             result["indexes"][index_type] = entry
             log.info("%s: %s", index_type, json.dumps(entry))
         client.release_collection("scale", timeout=600)
@@ -238,6 +289,13 @@ def _latency(e: dict, key: str) -> str:
     return f"{e[key]['p50_ms']:.1f} / {e[key]['p99_ms']:.1f}" if key in e else "not measured"
 
 
+def _sustained(e: dict) -> str:
+    if "sustained" not in e:
+        return "not measured"
+    s = e["sustained"]
+    return f"{s['server_core_ms_per_vector']:.2f} ({s['calls_per_s']:.1f}, {s['server_busy_cores']:.2f})"
+
+
 def report(out: Path) -> str:
     """docs/benchmarks-scale.md from every results file in docs/scale/."""
     runs = load_runs()
@@ -252,7 +310,10 @@ def report(out: Path) -> str:
              "the server took while inserting or for an earlier index is not always returned to the system, which "
              "shows most at small sizes). Segments: the sealed segments the query node searches (runs before "
              "2026-12-06 did not count them). Latency: 40 calls, Bounded consistency, from the same machine; "
-             f"nq={PHOTO_NQ} is one photo at the service's defaults. docs/capacity-plan.md "
+             f"nq={PHOTO_NQ} is one photo at the service's defaults. **Sustained**: {SUSTAINED_CLIENTS} callers "
+             f"searching nq={PHOTO_NQ} back to back for {SUSTAINED_S} s: the server processes' own CPU seconds "
+             "(user + system, from /proc) per query vector, the calls per second and the cores the server kept busy "
+             "(runs before 2026-12-07 did not measure it). docs/capacity-plan.md "
              "(`python -m tools.bench.capacity`) turns these into a plan.", ""]
     for run in runs:
         n = run["vectors"]
@@ -262,18 +323,19 @@ def report(out: Path) -> str:
                   f"({n / run['insert_s']:.0f} rows/s).", "",
                   "| index | params | build s | load s | memory GB | bytes/vector | segments | recall@10 "
                   f"| nq=1 p50 / p99 ms | nq={PHOTO_NQ} p50 / p99 ms | nq=8 p50 / p99 ms | filtered recall@10 "
-                  "| filtered nq=1 p50 / p99 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| filtered nq=1 p50 / p99 ms | sustained: server core-ms per query vector (calls/s, busy cores) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in run["indexes"].items():
             if "error" in e:
-                lines.append(f"| {name} | `{json.dumps(e['params'][0])}` | not built: {e['error']} |||||||||||")
+                lines.append(f"| {name} | `{json.dumps(e['params'][0])}` | not built: {e['error']} ||||||||||||")
                 continue
             over = e["rss_over_idle_bytes"]
             lines.append(
                 f"| {name} | `{json.dumps(e['params'][0])}` `{json.dumps(e['params'][1])}` | {e['build_s']:.0f} | "
                 f"{e['load_s']:.0f} | {over / 1e9:.2f} | {over / n:.0f} | {e.get('segments', '-')} | "
                 f"{e['nq1']['recall10']:.3f} | {_latency(e, 'nq1')} | {_latency(e, f'nq{PHOTO_NQ}')} | "
-                f"{_latency(e, 'nq8')} | {e['nq1_filtered']['recall10']:.3f} | {_latency(e, 'nq1_filtered')} |")
+                f"{_latency(e, 'nq8')} | {e['nq1_filtered']['recall10']:.3f} | {_latency(e, 'nq1_filtered')} | "
+                f"{_sustained(e)} |")
         pk = run.get("partition_key")
         if pk:
             plain = run["indexes"].get(pk["index_type"], {})

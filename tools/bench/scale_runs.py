@@ -13,6 +13,10 @@ from services.search.config import Settings
 RESULTS = ROOT / "docs" / "scale"
 DEFAULT_SEGMENT_MB = 512  # Milvus 2.3's dataCoord.segment.maxSize
 PHOTO_NQ = Settings().max_searched_objects + 1  # query vectors of one photo at the service's defaults
+# The sustained load of a run: enough callers to keep the server's cores busy (its CPU per query
+# vector, not a call's latency x every core, prices a query node), long enough to average.
+SUSTAINED_CLIENTS = 4
+SUSTAINED_S = 30
 
 
 def result_path(vectors: int, dimension: int, segment_mb: int, served_dimension: int) -> Path:
