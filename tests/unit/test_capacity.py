@@ -87,6 +87,7 @@ def test_the_choice_prices_the_cheaper_configuration_and_keeps_the_default_when_
     assert f"= {big['query_nodes']} query nodes" in costly and f"= {small['query_nodes']} query nodes" in costly
     assert "-4.9 pts" in costly and "VS_EMBEDDING_DIMENSION=256 make models" in costly
     assert "loses 4.9" in costly and "A candidate for the default" not in costly
+    assert "Every projection measured" in costly and "256-d -4.9 pts (scene, its worst kind)" in costly
     # within the quality budget the cheaper dimension is named a candidate for the default instead
     cheap_enough = text(curves, {256: (-0.5, "scene")})
     assert "A candidate for the default" in cheap_enough and "Why the default stays" not in cheap_enough

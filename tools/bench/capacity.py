@@ -220,6 +220,10 @@ def choice(all_curves: dict[tuple[int, int, str], list[Point]], plans: dict[tupl
                 f"cost builds the models with `VS_EMBEDDING_DIMENSION={best_key[0]} make models` (the models image "
                 f"from that repository), sets the query-node count to {best['per_replica']} per replica and "
                 "imports the catalog anew (vectors of two dimensions never share a collection).")
+    projected = sorted((d for d, (_, worst) in quality.items() if worst is not None), reverse=True)
+    if projected:
+        lines.append("* **Every projection measured** (list recall@1 against the default, its worst `make eval` "
+                     "kind): " + "; ".join(f"{d}-d {cost_text(quality, d)}" for d in projected) + ".")
     return lines + [""]
 
 
