@@ -112,3 +112,22 @@ def test_a_run_with_a_sustained_load_is_priced_by_the_servers_cpu_not_the_latenc
     assert measured.core_ms == 1.25 and measured.cpu_measured
     assert capacity._cpu_kind([bound, measured]) == "server at 1 M"
     assert capacity._cpu_kind([measured]) == "server" and capacity._cpu_kind([bound]) == "bound"
+
+
+def test_quantised_vectors_keep_one_byte_a_dimension_and_the_measured_graph_and_cpu(tmp_path):
+    curve = points(0.5, 1.0, 2.0, bytes_per_vector=5500.0)
+    sq = capacity.quantised(curve, 1280)
+    assert [p.bytes_per_vector for p in sq] == [5500.0 - 3 * 1280] * 3
+    assert [p.core_ms for p in sq] == [p.core_ms for p in curve]
+    assert capacity.plan(sq, 1280)["memory_nodes"] < capacity.plan(curve, 1280)["memory_nodes"]
+    path = tmp_path / "results.json"
+
+    def kinds(scene: float) -> dict:
+        return {"scene": {"list": {"recall1": scene}}}
+
+    path.write_text(json.dumps({"results": [{"variant": "shipped", "dimension": 1280, "kinds": kinds(0.60)}]}))
+    assert capacity.quantised_cost(path) is None
+    path.write_text(json.dumps({"results": [{"variant": "shipped", "dimension": 1280, "kinds": kinds(0.60)},
+                                            {"variant": capacity.QUANTISED_VARIANT, "dimension": 1280,
+                                             "kinds": kinds(0.595)}]}))
+    assert capacity.quantised_cost(path) == pytest.approx((-0.5, "scene"))

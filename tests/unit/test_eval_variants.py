@@ -17,3 +17,10 @@ def test_the_projections_priced_by_the_capacity_plan_run_the_shipped_service_set
     for variant in priced:
         assert variant.service_env == VARIANTS["shipped"].service_env, variant.name
         assert variant.postprocess == VARIANTS["shipped"].postprocess and variant.int8, variant.name
+
+
+def test_the_quantised_index_variant_differs_from_shipped_only_in_the_index_type():
+    quantised, shipped = VARIANTS["shipped-hnsw-sq"], VARIANTS["shipped"]
+    assert quantised.service_env == {**shipped.service_env, "VS_INDEX_TYPE": "HNSW_SQ"}
+    assert (quantised.dimension, quantised.projection, quantised.int8, quantised.postprocess) == (
+        shipped.dimension, shipped.projection, shipped.int8, shipped.postprocess)
