@@ -235,7 +235,7 @@ def quantised_lines(all_curves: dict[tuple[int, int, str], list[Point]], sq_cost
     Milvus 2.5): estimated from its measured HNSW curve, never a target met."""
     dimension = PLANNED["dimension"]
     f = plan(quantised(all_curves[PLANNED_KEY], dimension), dimension)
-    cost = ("not measured" if sq_cost is None else "today's default" if sq_cost[1] is None
+    cost = ("not measured" if sq_cost is None else "none lost on any kind" if sq_cost[0] >= 0
             else f"{sq_cost[0]:+.1f} pts ({sq_cost[1]}, its worst kind)")
     return ["## Quantised vectors: estimated, not measured on a server", "",
             f"HNSW_SQ (8-bit scalar quantisation, Milvus 2.5; what deploy/ runs) keeps the shipped {dimension}-d "
