@@ -1,4 +1,5 @@
-"""The evaluation's variants compare what they say they compare."""
+"""The evaluation's variants compare what they say they compare (here, not in the unit layer: tools.eval.run
+imports the stack launcher)."""
 
 from __future__ import annotations
 
