@@ -22,13 +22,11 @@ def test_the_sustained_load_counts_the_servers_own_cpu_per_query_vector(milvus_s
         scale.insert(client, "sustained_bench", vectors, rng.integers(0, 4, len(vectors)))
         scale.build_index(client, "sustained_bench", "HNSW", timeout_s=300)
         client.load_collection("sustained_bench", timeout=300)
-        idle = scale.server_cpu_seconds(milvus_server)
         figures = scale.sustained(client, "sustained_bench", "HNSW", vectors[:64], milvus_server, nq=5, seconds=3)
     finally:
         client.drop_collection("sustained_bench")
-    assert idle > 0  # the server's processes were found and read
     assert figures["calls"] > 0 and figures["calls_per_s"] == figures["calls"] / figures["seconds"]
-    assert figures["server_cpu_s"] > 0
+    assert figures["server_cpu_s"] > 0  # the server's processes were found and read
     assert figures["server_core_ms_per_vector"] == figures["server_cpu_s"] * 1000 / (figures["calls"] * 5)
     # the server's CPU, not the callers': never more cores than the machine has
     assert 0 < figures["server_busy_cores"] <= os.cpu_count() * 1.05

@@ -34,7 +34,8 @@ def machine() -> str:
 
 @contextmanager
 def cpu_meter(pids: list[int], children: bool = True):  # noqa: ANN201 - yields a dict filled on exit
-    """CPU seconds used by the given processes (and their children) while the block runs."""
+    """CPU used by the given processes (and their children) while the block runs: ``seconds``
+    (user + system) and ``cores`` (those over the block's wall time)."""
     def total() -> float:
         seconds = 0.0
         for pid in pids:
@@ -51,7 +52,8 @@ def cpu_meter(pids: list[int], children: bool = True):  # noqa: ANN201 - yields 
     start_cpu, start = total(), time.perf_counter()
     yield result
     wall = time.perf_counter() - start
-    result["cores"] = (total() - start_cpu) / wall if wall else 0.0
+    result["seconds"] = total() - start_cpu
+    result["cores"] = result["seconds"] / wall if wall else 0.0
 
 
 def pct(values: list[float] | np.ndarray, p: float) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from services.paths import BUILD, ROOT
-from tools.bench.common import clustered_vectors, machine, pct, real_centers
+from tools.bench.common import clustered_vectors, cpu_meter, machine, pct, real_centers
 from tools.bench.scale_runs import (
     DEFAULT_SEGMENT_MB,
     PHOTO_NQ,
@@ -80,19 +79,6 @@ def server_rss_bytes(server: MilvusServer) -> int:
     return total
 
 
-def server_cpu_seconds(server: MilvusServer) -> float:
-    """User + system CPU seconds the Milvus server's processes have used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in server._binary_pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
-    return total
-
-
 def sustained(client, name: str, index_type: str, queries: np.ndarray, server: MilvusServer,  # noqa: ANN001
               nq: int = PHOTO_NQ, seconds: float = SUSTAINED_S) -> dict:
     """SUSTAINED_CLIENTS callers searching ``nq`` vectors a call, back to back, for
@@ -110,13 +96,13 @@ def sustained(client, name: str, index_type: str, queries: np.ndarray, server: M
             calls += 1
         return calls
 
-    cpu, start = server_cpu_seconds(server), time.perf_counter()
-    with ThreadPoolExecutor(SUSTAINED_CLIENTS) as pool:
+    start = time.perf_counter()
+    with cpu_meter(server._binary_pids(), children=False) as cpu, ThreadPoolExecutor(SUSTAINED_CLIENTS) as pool:
         calls = sum(pool.map(caller, range(SUSTAINED_CLIENTS)))
-    wall, cpu = time.perf_counter() - start, server_cpu_seconds(server) - cpu
+    wall = time.perf_counter() - start
     return {"nq": nq, "clients": SUSTAINED_CLIENTS, "seconds": wall, "calls": calls, "calls_per_s": calls / wall,
-            "server_cpu_s": cpu, "server_core_ms_per_vector": cpu * 1000 / (calls * nq),
-            "server_busy_cores": cpu / wall}
+            "server_cpu_s": cpu["seconds"], "server_core_ms_per_vector": cpu["seconds"] * 1000 / (calls * nq),
+            "server_busy_cores": cpu["cores"]}
 
 
 def exact_top10(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None = None) -> list[set[int]]:
