@@ -194,6 +194,17 @@ def test_a_served_as_published_embedder_is_never_projected(tmp_path):
         build.resolve(str(tmp_path), "embedder", tmp_path, dimension=256)
 
 
+def test_only_the_detector_exports_at_another_input_side_and_only_at_sides_it_can_trace(tmp_path):
+    from tools.models import build
+
+    # both refused before anything is fetched or exported
+    with pytest.raises(mf.ManifestError, match="exported at its own input size only"):
+        build.builtin_model("efficientnet-lite0", tmp_path, image_size=256)
+    with pytest.raises(mf.ManifestError, match=r"input sides \[480, 576, 672\] only, not 640"):
+        build.builtin_model("yolov8s-world", tmp_path, image_size=640)
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_embedding_dimension_setting_must_be_a_number(capsys):
     from tools.models import build
 

