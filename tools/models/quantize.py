@@ -43,11 +43,7 @@ def float_nodes(role: str, model: onnx.ModelProto) -> list[str]:
         if not indices:
             raise mf.ManifestError("the detector graph has no Ultralytics /model.N/ nodes: cannot find its head")
         head = f"/model.{max(indices)}/"
-        # The head's convolution branches are half of the INT8 graph's time when float: the box
-        # branches (cv2) and the first two layers of the class branches (cv3) are quantized; the
-        # class embeddings (cv3.*.2), the contrastive text head, DFL and the glue stay float.
-        branches = re.compile(re.escape(head) + r"(cv2\.\d+/|cv3\.\d+/cv3\.\d+\.[01]/)")
-        return [n for n in names if (n.startswith(head) and not branches.match(n)) or not MODULE.match(n)]
+        return [n for n in names if n.startswith(head) or not MODULE.match(n)]
     return [n.name for n in model.graph.node if n.name.startswith("vs_wrap")
             or any(o.startswith("vs_wrap") for o in n.output)]
 
