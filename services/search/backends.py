@@ -27,7 +27,8 @@ Remaining = Callable[[], float | None]  # seconds left of the caller's deadline 
 class Triton(Protocol):
     """What the service calls on Triton (``triton_client.TritonClient``)."""
 
-    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None) -> Objects: ...
+    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None,
+                               max_objects: int | None = None) -> Objects: ...
 
     async def embed_region(self, image: bytes, region: tuple[float, float, float, float] | None,
                            remaining_s: float | None = None) -> Objects: ...

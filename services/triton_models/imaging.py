@@ -7,7 +7,7 @@ reference pipeline, so both run the same code. Needs only numpy and Pillow.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pillow_heif
@@ -147,6 +147,12 @@ class DetectionSettings:
                    params.get("class_agnostic_nms", "0") == "1", float(params.get("min_box_fraction", "0")),
                    float(params.get("max_box_fraction", "1")), float(params.get("crop_margin", "0")),
                    int(params.get("whole_image_views", "1")))
+
+    def at_most(self, objects: int) -> DetectionSettings:
+        """These settings keeping at most ``objects`` boxes (at least 1, never more than
+        ``max_objects``): the highest-scored ones, so a search that sends only its best boxes to
+        Milvus crops and embeds no other (at least 1: no box at all would read as nothing detected)."""
+        return replace(self, max_objects=max(1, min(self.max_objects, objects)))
 
 
 def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,

@@ -122,6 +122,19 @@ def test_model_info_reports_the_pipeline_settings_it_serves(client):
     assert versions.recommended_min_similarity == manifest["quality"]["recommended_min_similarity"] > 0
 
 
+@pytest.mark.parametrize("name", ["coffee", "astronaut"])
+def test_max_objects_embeds_only_the_best_boxes_and_the_same_vectors(client, photos, results, name):
+    full = results[name]
+    assert len(full["LABELS"]) > 3, full["LABELS"]  # boxes to leave out
+    few = detect_and_embed(client, encode(photos[name].pixels), max_objects=2)
+    # the two highest-scored boxes of the full answer (its rows come best first), then the whole photo
+    assert few["LABELS"] == [*full["LABELS"][:2], "image"]
+    np.testing.assert_array_equal(few["BOXES"], full["BOXES"][[0, 1, -1]])
+    np.testing.assert_allclose(few["EMBEDDINGS"], full["EMBEDDINGS"][[0, 1, -1]], atol=1e-5)
+    # asking for more than the postprocess keeps gives what it keeps
+    assert detect_and_embed(client, encode(photos[name].pixels), max_objects=99)["LABELS"] == full["LABELS"]
+
+
 def test_the_whole_photo_is_always_the_last_row(results, photos):
     for name, result in results.items():
         assert result["LABELS"][-1] == "image" and result["SCORES"][-1] == 0

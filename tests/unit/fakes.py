@@ -52,8 +52,9 @@ class FakeTriton(Triton):
         if self.down:
             raise BackendUnavailable("Triton at fake is unavailable or failing: down")
 
-    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None) -> Objects:
-        await self._enter("detect", image)
+    async def detect_and_embed(self, image: bytes, remaining_s: float | None = None,
+                               max_objects: int | None = None) -> Objects:
+        await self._enter("detect", image, max_objects)
         if image not in self.detections:
             raise InvalidInput("invalid image: image bytes are not a decodable image")
         return self.detections[image]

@@ -161,3 +161,11 @@ def test_a_crop_margin_widens_the_embedded_crop_but_not_the_reported_box():
     inner = wide.crops[0][:, 8:24, 8:24]  # the square is the middle two thirds of the wide crop
     assert inner.min() == 255 and wide.crops[0][:, :3, :].max() == 0
     assert (wide.crops[1] == tight.crops[1]).all()  # the whole image is not widened
+
+
+def test_detection_settings_at_most_keep_fewer_boxes_never_more_and_at_least_one():
+    settings = imaging.DetectionSettings(max_objects=8)
+    assert settings.at_most(4).max_objects == 4
+    assert settings.at_most(50).max_objects == 8
+    assert settings.at_most(0).max_objects == 1  # none at all would read as nothing detected
+    assert settings.at_most(4).score_threshold == settings.score_threshold

@@ -68,6 +68,8 @@ def test_min_detection_score_and_max_objects_choose_the_objects(search, fake_tri
     assert [g.label for g in response.objects] == ["cat", "image"]  # the whole photo is not an object
     assert response.objects[0].matches[0].product_id == "C"
     assert not response.whole_image_searched
+    # Triton is asked to embed only the boxes a search can send: the request's, else the setting's
+    assert [c[2] for c in fake_triton.calls] == [search.settings.max_searched_objects, 1]
 
 
 def test_every_detection_below_the_threshold_leaves_the_whole_photo(search, fake_triton, stocked):

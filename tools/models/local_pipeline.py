@@ -67,17 +67,20 @@ class LocalPipeline:
     def decode(self, data: bytes) -> imaging.Decoded:
         return imaging.decode(data, self.settings.max_pixels, self.settings.work_side)
 
-    def locate(self, decoded: imaging.Decoded) -> imaging.Located:
-        """What the postprocess model makes of a decoded photo: boxes and crop boxes."""
+    def locate(self, decoded: imaging.Decoded, max_objects: int | None = None) -> imaging.Located:
+        """What the postprocess model makes of a decoded photo: boxes and crop boxes (at most
+        ``max_objects``, as the ensemble's MAX_OBJECTS asks)."""
         tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
         det = self.detector_manifest["serving"]
         raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
-        return imaging.locate(raw, geometry, len(self.classes), self.settings.detection)
+        settings = self.settings.detection
+        return imaging.locate(raw, geometry, len(self.classes),
+                              settings if max_objects is None else settings.at_most(max_objects))
 
-    def detect(self, data: bytes | imaging.Decoded) -> imaging.Detections:
+    def detect(self, data: bytes | imaging.Decoded, max_objects: int | None = None) -> imaging.Detections:
         """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
         decoded = self.decode(data) if isinstance(data, bytes) else data
-        found = self.locate(decoded)
+        found = self.locate(decoded, max_objects)
         crops = imaging.crops_of(decoded.pixels, found.crop_boxes, self.crop_size,
                                  self.settings.detection.whole_image_views)
         return imaging.Detections(found.boxes, found.scores, found.class_ids, crops, found.fallback)
@@ -90,7 +93,7 @@ class LocalPipeline:
         """One embedding per box, the whole image's pooled from its views (as pool_views does)."""
         return views.pool_views(self.embed(found.crops), len(found.boxes))
 
-    def detect_and_embed(self, data: bytes) -> PipelineResult:
-        found = self.detect(data)
+    def detect_and_embed(self, data: bytes, max_objects: int | None = None) -> PipelineResult:
+        found = self.detect(data, max_objects)
         return PipelineResult(found.boxes, found.scores, imaging.labels(found.class_ids, self.classes),
                               self.embed_found(found), found.fallback)

@@ -22,10 +22,12 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
+        limit = pb_utils.get_input_tensor_by_name(request, "MAX_OBJECTS")
+        settings = self.settings if limit is None else self.settings.at_most(int(limit.as_numpy()[0]))
         found = imaging.locate(
             pb_utils.get_input_tensor_by_name(request, "DETECTIONS").as_numpy()[0],
             pb_utils.get_input_tensor_by_name(request, "GEOMETRY").as_numpy()[0],
-            len(self.classes), self.settings)
+            len(self.classes), settings)
         labels = imaging.labels(found.class_ids, self.classes)
         return pb_utils.InferenceResponse([
             pb_utils.Tensor("BOXES", found.boxes),
