@@ -164,7 +164,8 @@ class Settings:
     max_searched_objects: int = _setting(
         "VS_MAX_SEARCHED_OBJECTS", 4,
         "detected objects searched per photo (highest detection score first) when the request's max_objects "
-        "is 0: each is one query vector in Milvus, the capacity plan's cost driver",
+        "is 0: each is one query vector in Milvus, the capacity plan's cost driver, and Triton crops and "
+        "embeds no other box of a query photo",
         int, _positive)
     shown_detection_score: float = _setting(
         "VS_SHOWN_DETECTION_SCORE", 0.25,
