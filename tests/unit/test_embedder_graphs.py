@@ -211,18 +211,3 @@ def test_the_embedding_dimension_setting_must_be_a_number(capsys):
     with pytest.raises(SystemExit):
         build.main(["--dimension", "256d"])
     assert "--dimension must be a whole number, not '256d'" in capsys.readouterr().err
-
-
-def test_the_int8_detector_quantizes_the_heads_box_branches_and_keeps_what_scores_classes_float():
-    from tools.models import quantize
-
-    names = ["/model.0/conv/Conv", "/model.9/cv2.0/cv2.0.0/Conv", "/model.23/cv2.1/cv2.1.2/Conv",
-             "/model.23/cv3.0/cv3.0.1/Conv", "/model.23/cv4.0/MatMul", "/model.23/dfl/conv/Conv",
-             "/model.23/Concat", "/Reshape"]
-    nodes = [helper.make_node("Identity", [f"t{i}"], [f"t{i + 1}"], name=n) for i, n in enumerate(names)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info(f"t{len(names)}", TensorProto.FLOAT, [1])])
-    # the backbone (a cv2 outside the head included) and the head's box branches go INT8
-    assert quantize.float_nodes("detector", helper.make_model(graph)) == [
-        "/model.23/cv3.0/cv3.0.1/Conv", "/model.23/cv4.0/MatMul", "/model.23/dfl/conv/Conv", "/model.23/Concat",
-        "/Reshape"]

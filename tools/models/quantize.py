@@ -1,8 +1,8 @@
 """INT8 versions of the served models for CPU pods: onnxruntime static quantization (QDQ,
 per-channel weights, activations calibrated on real photos), keeping in float what breaks
 accuracy. Quantizing the whole YOLO graph zeroes its class scores, so its detection head (the
-last Ultralytics module) but its box branches, and the graph's own top-level glue stay float;
-the embedder's baked-in normalisation and L2 norm stay float too."""
+last Ultralytics module) and the graph's own top-level glue stay float; the embedder's
+baked-in normalisation and L2 norm stay float too."""
 
 from __future__ import annotations
 
@@ -43,11 +43,7 @@ def float_nodes(role: str, model: onnx.ModelProto) -> list[str]:
         if not indices:
             raise mf.ManifestError("the detector graph has no Ultralytics /model.N/ nodes: cannot find its head")
         head = f"/model.{max(indices)}/"
-        # The box branches (cv2) are INT8: no class score depends on them (they are 9 % of the
-        # INT8 graph's time when float). Quantizing the class branches (cv3) as well moved the
-        # scores the product list ranks by: -3.1 points of centred-scene list recall@1.
-        boxes = re.compile(re.escape(head) + r"cv2\.\d+/")
-        return [n for n in names if (n.startswith(head) and not boxes.match(n)) or not MODULE.match(n)]
+        return [n for n in names if n.startswith(head) or not MODULE.match(n)]
     return [n.name for n in model.graph.node if n.name.startswith("vs_wrap")
             or any(o.startswith("vs_wrap") for o in n.output)]
 
