@@ -365,7 +365,7 @@ def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, Cost]:
     """Each dimension's list recall@1 against the shipped default's, on the worst `make eval` kind
     (the variants `shipped` and `shipped-<d>-learned`: the same models and settings, the embedder
     projected to d dimensions)."""
-    by_name = {r["variant"]: r for r in json.loads(results.read_text())["results"]}
+    by_name = _by_variant(results)
     shipped = by_name.get("shipped")
     if not shipped:
         return {}
@@ -381,10 +381,14 @@ def quality_costs(results: Path = EVAL_RESULTS) -> dict[int, Cost]:
 def quantised_cost(results: Path = EVAL_RESULTS) -> Cost | None:
     """The list recall@1 that 8-bit scalar-quantised vectors cost against the shipped default, on
     the worst `make eval` kind (variant ``QUANTISED_VARIANT``), or None where not measured."""
-    by_name = {r["variant"]: r for r in json.loads(results.read_text())["results"]}
+    by_name = _by_variant(results)
     if "shipped" not in by_name or QUANTISED_VARIANT not in by_name:
         return None
     return _worst(by_name[QUANTISED_VARIANT], by_name["shipped"])
+
+
+def _by_variant(results: Path) -> dict[str, dict]:
+    return {r["variant"]: r for r in json.loads(results.read_text())["results"]}
 
 
 def _worst(result: dict, shipped: dict) -> Cost:

@@ -37,6 +37,7 @@ from tools.cache import default_cache
 from tools.eval import dataset
 from tools.eval.matching import matching_box
 from tools.models import build
+from tools.models import manifest as mf
 from tools.models.repository import copy_variant
 from tools.stack.local_stack import local_stack
 
@@ -300,7 +301,7 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     served = embedder_for(variant, cache)
     if variant.int8:
         build.ensure_int8(served, cache)
-    manifest = json.loads((served / "manifest.json").read_text())
+    manifest = mf.load(served)
     postprocess = dict(variant.postprocess)
     parameters: dict[str, dict[str, str]] = {"postprocess": postprocess} if postprocess else {}
     if not variant.int8:
@@ -324,8 +325,7 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
               "dimension": manifest["serving"]["output"]["shape"][0],
               "pooling": manifest.get("pooling", "avg"), "whole_image": variant.whole_image, "int8": variant.int8,
               "postprocess": postprocess, "service_env": variant.service_env, "import_s": import_s,
-              "detector_size": json.loads((repository / "detector" / "manifest.json").read_text())
-              ["serving"]["input"]["shape"][-1],
+              "detector_size": mf.load(repository / "detector")["serving"]["input"]["shape"][-1],
               "unchanged_reimport_s": reimport_s, "catalog_vectors": vectors,
               "query_p50_ms": float(np.median([a.seconds for a in answers]) * 1000),
               "query_vectors_mean": float(np.mean([a.query_vectors for a in answers])),

@@ -4,7 +4,8 @@ Only this module imports torch/ultralytics; it is run by ``tools.models.build`` 
 export-only interpreter, never by the service.  Output: a folder with ``model.onnx`` and a
 raw manifest that ``tools.models.prepare`` turns into the served model.
 
-Usage: python -m tools.models.export_torch {yolo|efficientnet} WEIGHTS OUT_DIR [IMAGE_SIZE]
+Usage: python -m tools.models.export_torch yolo WEIGHTS OUT_DIR IMAGE_SIZE
+       python -m tools.models.export_torch efficientnet WEIGHTS OUT_DIR
 """
 
 from __future__ import annotations
@@ -73,15 +74,16 @@ def export_efficientnet(weights: Path, out_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # the shipped side is tools.models.build's (BUILTIN[...].image_size): no default here
     sizes = [str(s) for s in YOLO_IMAGE_SIZES]
-    if (len(argv) not in (3, 4) or argv[0] not in ("yolo", "efficientnet")
-            or (len(argv) == 4 and (argv[0] != "yolo" or argv[3] not in sizes))):
-        print(__doc__ + f"IMAGE_SIZE (yolo only): one of {', '.join(sizes)}", file=sys.stderr)
+    yolo = len(argv) == 4 and argv[0] == "yolo" and argv[3] in sizes
+    if not (yolo or (len(argv) == 3 and argv[0] == "efficientnet")):
+        print(__doc__ + f"IMAGE_SIZE: one of {', '.join(sizes)}", file=sys.stderr)
         return 2
-    kind, weights, out_dir = argv[0], Path(argv[1]), Path(argv[2])
+    weights, out_dir = Path(argv[1]), Path(argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "yolo":
-        export_yolo(weights, out_dir, int(argv[3]) if len(argv) == 4 else YOLO_IMAGE_SIZES[-1])
+    if yolo:
+        export_yolo(weights, out_dir, int(argv[3]))
     else:
         export_efficientnet(weights, out_dir)
     return 0
