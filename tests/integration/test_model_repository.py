@@ -283,3 +283,48 @@ def test_learned_whitening_tells_two_shots_of_one_thing_from_other_things(tmp_pa
     # with the raw features
     figures = {"shipped": matched(shipped), "256": matched(short), "raw": matched(raw)}
     assert figures["shipped"] > figures["raw"] and figures["256"] > figures["raw"], figures
+
+
+def test_the_served_detector_head_answers_as_the_exported_one_on_real_photos():
+    """tools/models/detector_head.py's rewrite of the built-in detector against the same export
+    with its head as Ultralytics writes it, on real photos: the float files give the same class
+    scores and boxes to float rounding; the INT8 files quantize every tensor alike, and differ
+    only where the exported head read the class embeddings through the INT8 graph's quantized
+    copy (the rewrite folds the float ones into its convolution)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from services.triton_models import imaging
+    from tools.cache import default_cache
+    from tools.models import build, quantize
+    from tools.sample_photos import load_photos
+
+    served = BUILD / "models" / build.DEFAULT_DETECTOR
+    exported = build.builtin_model(build.DEFAULT_DETECTOR, default_cache(), fused_head=False)
+    build.ensure_int8(exported, default_cache())
+    graphs = {(folder, name): onnx.load(str(folder / name)).graph
+              for folder in (served, exported) for name in (mf.MODEL_NAME, quantize.INT8_NAME)}
+    for name in (mf.MODEL_NAME, quantize.INT8_NAME):
+        rewritten = [{n.name.split("_")[1] for n in graphs[folder, name].node
+                      if n.name.startswith(("vs_head", "vs_dfl"))} for folder in (served, exported)]
+        # YOLO-World's three contrastive heads (one per scale) and its one DFL decoder
+        assert rewritten == [{"head0", "head1", "head2", "dfl0"}, set()], rewritten
+
+    def quantized(graph: onnx.GraphProto) -> dict[str, tuple]:
+        values = {i.name: numpy_helper.to_array(i).tolist() for i in graph.initializer}
+        return {n.input[0]: (values[n.input[1]], values[n.input[2]]) for n in graph.node
+                if n.op_type == "QuantizeLinear"}
+
+    assert quantized(graphs[served, quantize.INT8_NAME]) == quantized(graphs[exported, quantize.INT8_NAME])
+    side = mf.load(served)["serving"]["input"]["shape"][-1]
+    photos = [imaging.letterbox(p.pixels, side)[0][None] for p in load_photos().values()][:6]
+    for name, score_tolerance in ((mf.MODEL_NAME, 1e-4), (quantize.INT8_NAME, 0.05)):
+        new, old = (ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+                    for folder in (served, exported))
+        best = 0.0
+        for photo in photos:
+            got, want = (s.run(None, {"images": photo})[0] for s in (new, old))
+            np.testing.assert_allclose(got[:, 4:], want[:, 4:], atol=score_tolerance)  # class scores, 0..1
+            np.testing.assert_allclose(got[:, :4], want[:, :4], atol=0.01)  # boxes, letterbox px
+            best = max(best, float(want[:, 4:].max()))
+        assert best > 0.5  # confident detections were compared, not only empty score maps

@@ -116,7 +116,8 @@ def _digest(*parts: bytes) -> str:
 
 def _code_fingerprint() -> bytes:
     files = [EXPORT_REQUIREMENTS, Path(__file__).with_name("export_torch.py"),
-             Path(__file__).with_name("prepare.py"), Path(__file__).with_name("whitening.py")]
+             Path(__file__).with_name("prepare.py"), Path(__file__).with_name("detector_head.py"),
+             Path(__file__).with_name("whitening.py")]
     return b"".join(p.read_bytes() for p in files)
 
 
@@ -154,10 +155,11 @@ def export_python(cache: Path) -> Path:
 
 
 def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension: int | None = None,
-                  projection: str | None = None, image_size: int | None = None) -> Path:
+                  projection: str | None = None, image_size: int | None = None, fused_head: bool = True) -> Path:
     """The served built-in model (exported and prepared once, then cached). ``pooling``,
     ``dimension`` and ``projection`` override the shipped choices of an embedder, ``image_size``
-    a detector's input side (for the evaluation and the benchmarks)."""
+    and ``fused_head`` (False: the head as exported) a detector's (for the evaluation and the
+    benchmarks)."""
     source = BUILTIN[name]
     image_size = source.image_size if image_size is None else image_size
     if image_size != source.image_size and not source.image_size:
@@ -173,11 +175,14 @@ def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension:
         raise mf.ManifestError(f"{name} is served exactly as published: it cannot be projected to "
                                f"{dimension} dimensions")
     weights, weights_sha = fetch_source(source, cache)
-    options = f"{pooling}-{dimension}-{projection}" + (f"-{image_size}" if source.image_size else "")
+    if not fused_head and source.role != "detector":
+        raise mf.ManifestError(f"{name} is a {source.role}: fused_head is a detector option")
+    options = (f"{pooling}-{dimension}-{projection}" + (f"-{image_size}" if source.image_size else "")
+               + ("" if fused_head else "-unfused"))
     key = _digest(weights_sha.encode(), _code_fingerprint(), name.encode(), options.encode())[:16]
     served = cache / "models" / f"{name}-{key}"
     if not (served / mf.MANIFEST_NAME).is_file():
-        _export(source, weights, weights_sha, pooling, dimension, projection, image_size, served, cache)
+        _export(source, weights, weights_sha, pooling, dimension, projection, image_size, fused_head, served, cache)
     else:
         log.info("model %s: cached at %s", name, served)
     # the evaluation's figures belong to the shipped choice only (kept out of the cache key:
@@ -193,7 +198,7 @@ def builtin_model(name: str, cache: Path, pooling: str | None = None, dimension:
 
 
 def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimension: int, projection: str,
-            image_size: int, served: Path, cache: Path) -> None:
+            image_size: int, fused_head: bool, served: Path, cache: Path) -> None:
     name = source.name
     with tempfile.TemporaryDirectory(prefix="vs-export-") as tmp:
         raw = Path(tmp) / "raw"
@@ -216,7 +221,7 @@ def _export(source: Source, weights: Path, weights_sha: str, pooling: str, dimen
         if source.role == "embedder" and raw_manifest.get("rewrite", True):
             raw_manifest["pooling"] = pooling
         mf.save(raw, raw_manifest)
-        prep.prepare(raw, Path(tmp) / "served")
+        prep.prepare(raw, Path(tmp) / "served", fused_head)
         if dimension:
             whitening.project(Path(tmp) / "served", dimension, calibration.fetch(cache), calibration.LICENSE,
                                projection)

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tools.models import manifest as mf
+from tools.models.detector_head import fuse_head
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ def _find_io(graph: onnx.GraphProto, name: str, kind: str) -> onnx.ValueInfoProt
     raise mf.ManifestError(f"ONNX graph has no {kind} named {name!r} (it has {names})")
 
 
-def prepare_detector(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    graph = model.graph
+def prepare_detector(raw: dict[str, Any], model: onnx.ModelProto,
+                     fused_head: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """The served detector; ``fused_head``: its head's contrastive and DFL pieces in the
+    cheaper form (tools/models/detector_head.py; False: as exported, for the benchmarks)."""
+    if fused_head:
+        model = prune(fuse_head(model))
     model = _rename_io(model, raw["input"]["name"], DETECT_INPUT, raw["output"]["name"], DETECT_OUTPUT)
     graph = model.graph
     inp = _find_io(graph, DETECT_INPUT, "input")
@@ -201,7 +206,7 @@ def prepare_embedder(raw: dict[str, Any], model: onnx.ModelProto) -> tuple[onnx.
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(EMBED_OUTPUT, TensorProto.FLOAT, ["batch", "dim"]))
     del graph.value_info[:]
-    model = _prune(model)
+    model = prune(model)
 
     import onnxruntime as ort
 
@@ -271,7 +276,7 @@ def opset(model: onnx.ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=OPSET_FLOOR)
 
 
-def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
+def prune(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the nodes that no longer feed the outputs (e.g. the classifier head)."""
     graph = model.graph
     needed = {o.name for o in graph.output}
@@ -289,15 +294,16 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def prepare(raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Prepare ``raw_dir`` (raw model + manifest) into ``out_dir`` (served model + manifest)."""
+def prepare(raw_dir: Path, out_dir: Path, fused_head: bool = True) -> dict[str, Any]:
+    """Prepare ``raw_dir`` (raw model + manifest) into ``out_dir`` (served model + manifest);
+    ``fused_head``: see ``prepare_detector``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     raw = mf.load(raw_dir, served=False)
     if not raw.get("rewrite", True):
         return _as_published(raw_dir, out_dir, raw)
     model = onnx.load(str(raw_dir / mf.MODEL_NAME))
     if raw["role"] == "detector":
-        model, extra = prepare_detector(raw, model)
+        model, extra = prepare_detector(raw, model, fused_head)
     else:
         model, extra = prepare_embedder(raw, model)
     onnx.checker.check_model(model)

@@ -1,0 +1,188 @@
+"""Cheaper graphs for two pieces of an Ultralytics detection head, the same function of the input.
+
+onnxruntime's profile of the INT8 YOLOv8s-World (the head stays float, tools/models/quantize.py)
+puts two exported pieces far above their arithmetic:
+
+* **The contrastive head** (YOLO-World's ``cv4``): every cell's C-channel feature is divided by
+  its L2 norm, then multiplied with the K class embeddings (a MatMul behind Reshapes), scaled and
+  shifted. The class embeddings are constants, so this is a 1x1 convolution whose K outputs are
+  divided by the cell's norm afterwards: K divisions a cell instead of C (80 against 512), and a
+  convolution onnxruntime runs in its blocked layout.
+* **The distribution focal loss decoding** (``dfl``): a softmax over each side's R bins, taken on
+  a transposed copy (softmax along a middle axis), then a 1x1 convolution with the bin values:
+  the expected bin. The same expectation is ``sum(exp(x - max) * bin) / sum(exp(x - max))``
+  along the bins where they lie, with no transposes.
+
+Both rewrites reorder float arithmetic only: outputs agree with the exported graph's to float
+rounding (tests/unit/test_detector_head.py, and the detector tests on real photos). A graph
+without these pieces is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _constant(graph: onnx.GraphProto, name: str, producers: dict[str, onnx.NodeProto]) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        return numpy_helper.to_array(_attr(node, "value"))
+    return None
+
+
+def _values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Inner tensors of ``model`` for a batch of one (zeros): the ones that depend on constants
+    only (the class embeddings) come out as they are for any input."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+        feeds[inp.name] = np.zeros(shape, np.uint8 if "uint8" in inp.type else np.float32)
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def _contrastive_heads(graph: onnx.GraphProto) -> list[dict]:
+    """Each ``Add(Mul(Reshape(MatMul(text, Reshape(Div(x, Expand(Clip(ReduceL2(x))))))), scale), bias)``."""
+    producers = _producers(graph)
+    found = []
+    for add in (n for n in graph.node if n.op_type == "Add"):
+        mul = producers.get(add.input[0])
+        if mul is None or mul.op_type != "Mul":
+            continue
+        reshape_out = producers.get(mul.input[0])
+        matmul = producers.get(reshape_out.input[0]) if reshape_out is not None and reshape_out.op_type == "Reshape" \
+            else None
+        if matmul is None or matmul.op_type != "MatMul":
+            continue
+        reshape_in = producers.get(matmul.input[1])
+        div = producers.get(reshape_in.input[0]) if reshape_in is not None and reshape_in.op_type == "Reshape" \
+            else None
+        if div is None or div.op_type != "Div":
+            continue
+        expand = producers.get(div.input[1])
+        clip = producers.get(expand.input[0]) if expand is not None and expand.op_type == "Expand" else None
+        norm = producers.get(clip.input[0]) if clip is not None and clip.op_type == "Clip" else None
+        if norm is None or norm.op_type != "ReduceL2" or norm.input[0] != div.input[0] \
+                or list(_attr(norm, "axes", [])) != [1]:
+            continue
+        eps = _constant(graph, clip.input[1], producers) if len(clip.input) > 1 and clip.input[1] else None
+        bias = _constant(graph, add.input[1], producers)
+        if eps is None or bias is None or bias.size != 1:
+            continue
+        found.append({"add": add, "features": div.input[0], "text": matmul.input[0], "scale": mul.input[1],
+                      "eps": float(eps), "bias": float(bias.reshape(-1)[0])})
+    return found
+
+
+def _dfl_decoders(graph: onnx.GraphProto) -> list[dict]:
+    """Each ``Conv(Softmax(Transpose(x, [0,2,1,3]), axis=1), bins[1,R,1,1])`` read by a Reshape."""
+    producers, consumers = _producers(graph), _consumers(graph)
+    found = []
+    for softmax in (n for n in graph.node if n.op_type == "Softmax" and _attr(n, "axis") == 1):
+        transpose = producers.get(softmax.input[0])
+        if transpose is None or transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+            continue
+        readers = consumers.get(softmax.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Conv" or len(readers[0].input) != 2:
+            continue
+        conv = readers[0]
+        bins = _constant(graph, conv.input[1], producers)
+        after = consumers.get(conv.output[0], [])
+        if bins is None or bins.ndim != 4 or bins.shape[0] != 1 or bins.shape[2:] != (1, 1) \
+                or not after or any(n.op_type != "Reshape" or n.input[0] != conv.output[0] for n in after):
+            continue
+        found.append({"conv": conv, "logits": transpose.input[0], "bins": bins.reshape(-1).astype(np.float32)})
+    return found
+
+
+def fuse_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its contrastive heads and DFL decoders in the cheaper form (module doc).
+    The nodes they replace stay in the graph, unused, for the caller's prune."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    model = model_copy
+    graph = model.graph
+    heads, decoders = _contrastive_heads(graph), _dfl_decoders(graph)
+    if not heads and not decoders:
+        return model
+    values = _values(model, [n for h in heads for n in (h["text"], h["scale"])]) if heads else {}
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # output name -> the nodes now producing it
+    for i, head in enumerate(heads):
+        p = f"vs_head{i}_"
+        text = values[head["text"]]  # [1, K, C], unit rows
+        weight = (text[0] * values[head["scale"]].reshape(())).astype(np.float32)[:, :, None, None]
+        graph.initializer.extend([numpy_helper.from_array(weight, p + "weight"),
+                                  numpy_helper.from_array(np.array(head["eps"], np.float32), p + "eps"),
+                                  numpy_helper.from_array(np.array(head["bias"], np.float32), p + "bias")])
+        x = head["features"]
+        replaced[head["add"].output[0]] = [
+            helper.make_node("Conv", [x, p + "weight"], [p + "dot"], name=p + "Conv", kernel_shape=[1, 1]),
+            helper.make_node("ReduceL2", [x], [p + "norm"], name=p + "ReduceL2", axes=[1], keepdims=1),
+            helper.make_node("Clip", [p + "norm", p + "eps"], [p + "clipped"], name=p + "Clip"),
+            helper.make_node("Div", [p + "dot", p + "clipped"], [p + "cosine"], name=p + "Div"),
+            helper.make_node("Add", [p + "cosine", p + "bias"], [head["add"].output[0]], name=p + "Add")]
+    for i, dfl in enumerate(decoders):
+        p = f"vs_dfl{i}_"
+        axes = p + "axes"
+        graph.initializer.extend([numpy_helper.from_array(dfl["bins"][:, None], p + "bins"),
+                                  numpy_helper.from_array(np.array([2], np.int64), axes)])
+        x = dfl["logits"]  # [b, 4, R, anchors]
+        replaced[dfl["conv"].output[0]] = [
+            helper.make_node("ReduceMax", [x], [p + "max"], name=p + "ReduceMax", axes=[2], keepdims=1),
+            helper.make_node("Sub", [x, p + "max"], [p + "shifted"], name=p + "Sub"),
+            helper.make_node("Exp", [p + "shifted"], [p + "exp"], name=p + "Exp"),
+            helper.make_node("Mul", [p + "exp", p + "bins"], [p + "weighted"], name=p + "Mul"),
+            helper.make_node("ReduceSum", [p + "weighted", axes], [p + "num"], name=p + "ReduceSumNum", keepdims=1),
+            helper.make_node("ReduceSum", [p + "exp", axes], [p + "den"], name=p + "ReduceSumDen", keepdims=1),
+            # [b, 4, 1, anchors]: the convolution's [b, 1, 4, anchors] in the same order, and
+            # only Reshapes read it
+            helper.make_node("Div", [p + "num", p + "den"], [dfl["conv"].output[0]], name=p + "Div")]
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        new = replaced.get(node.output[0]) if len(node.output) == 1 else None
+        nodes.extend(new if new is not None else [node])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # The replaced outputs' recorded shapes may no longer hold (the DFL's is [b, 4, 1, a] now).
+    stale = set(replaced)
+    kept = [vi for vi in graph.value_info if vi.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    log.info("detector head: %d contrastive heads as 1x1 convolutions, %d DFL decoders without transposes",
+             len(heads), len(decoders))
+    return model
+
