@@ -328,3 +328,24 @@ def test_the_served_detector_head_answers_as_the_exported_one_on_real_photos():
             np.testing.assert_allclose(got[:, :4], want[:, :4], atol=0.01)  # boxes, letterbox px
             best = max(best, float(want[:, 4:].max()))
         assert best > 0.5  # confident detections were compared, not only empty score maps
+
+
+def test_two_exports_of_the_same_weights_serve_the_same_bytes(tmp_path):
+    """The served sha256 names the catalog's collection and every image's content key: an
+    export's timestamp (Ultralytics' 'date' metadata) must not reach the served file."""
+    from tools.models import prepare
+
+    detector_onnx, manifest = repository.installed("detector")
+    assert "date" not in {p.key for p in onnx.load(str(detector_onnx)).metadata_props}
+    shas = []
+    for i, date in enumerate(("2026-12-07T05:38:12+00:00", "2026-12-07T05:44:23+00:00")):
+        raw = tmp_path / f"raw{i}"
+        raw.mkdir()
+        model = onnx.load(str(detector_onnx))
+        model.metadata_props.add(key="date", value=date)
+        onnx.save(model, str(raw / mf.MODEL_NAME))
+        (raw / mf.MANIFEST_NAME).write_text(json.dumps({
+            "role": "detector", "name": "yolo", "license": "AGPL-3.0", "classes": manifest["classes"],
+            "input": {"name": "images"}, "output": {"name": "output0"}}))
+        shas.append(prepare.prepare(raw, tmp_path / f"served{i}")["serving"]["onnx_sha256"])
+    assert shas[0] == shas[1]

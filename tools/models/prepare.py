@@ -127,6 +127,16 @@ def _rename_io(model: onnx.ModelProto, raw_in: str, served_in: str, raw_out: str
     return model
 
 
+def _drop_export_date(model: onnx.ModelProto) -> None:
+    """Remove the export's timestamp (Ultralytics writes one into the metadata): the served
+    file's sha256 names the catalog's collection and every stored image's content key, so two
+    builds of the same weights with the same code must write the same bytes, or rebuilding the
+    models image would send every catalog through an upgrade that changes nothing."""
+    kept = [p for p in model.metadata_props if p.key != "date"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+
+
 def _ultralytics_names(model: onnx.ModelProto) -> list[str]:
     meta = {p.key: p.value for p in model.metadata_props}
     if "names" not in meta:
@@ -306,6 +316,7 @@ def prepare(raw_dir: Path, out_dir: Path, fused_head: bool = True) -> dict[str, 
         model, extra = prepare_detector(raw, model, fused_head)
     else:
         model, extra = prepare_embedder(raw, model)
+    _drop_export_date(model)
     onnx.checker.check_model(model)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
