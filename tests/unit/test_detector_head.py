@@ -98,3 +98,22 @@ def test_a_graph_without_the_pieces_is_left_as_it_is() -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert fuse_head(model).SerializeToString() == model.SerializeToString()
+
+
+def test_a_head_whose_class_side_depends_on_the_input_is_not_folded() -> None:
+    """Only constant class embeddings can become convolution weights."""
+    rng = np.random.default_rng(1)
+    model = _exported_head(rng)
+    graph = model.graph
+    # the class embeddings now scaled by the mean of the input
+    graph.node.insert(0, helper.make_node("ReduceMean", ["features"], ["level"], keepdims=0))
+    graph.node.insert(1, helper.make_node("Mul", ["text_const", "level"], ["text"]))
+    text = next(i for i in graph.initializer if i.name == "text")
+    text.name = "text_const"
+    feeds = {"features": rng.normal(size=(1, C, H, W)).astype(np.float32),
+             "dist": rng.normal(size=(1, 4 * BINS, ANCHORS)).astype(np.float32)}
+    fused = prune(fuse_head(model))
+    ops = [n.op_type for n in fused.graph.node]
+    assert "MatMul" in ops and "Softmax" not in ops  # the head kept, the DFL decoder rewritten
+    for got, want in zip(_run(fused, feeds), _run(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

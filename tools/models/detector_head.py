@@ -58,9 +58,10 @@ def _constant(graph: onnx.GraphProto, name: str, producers: dict[str, onnx.NodeP
     return None
 
 
-def _values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
-    """Inner tensors of ``model`` for a batch of one (zeros): the ones that depend on constants
-    only (the class embeddings) come out as they are for any input."""
+def _constant_values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Those inner tensors of ``model`` that are the same whatever the input (the class
+    embeddings), for a batch of one: each is computed for two different inputs, and one that
+    differs is left out (its head is not rewritten)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -68,11 +69,14 @@ def _values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-        feeds[inp.name] = np.zeros(shape, np.uint8 if "uint8" in inp.type else np.float32)
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    runs = []
+    for fill in (0, 1):
+        feeds = {}
+        for inp in session.get_inputs():
+            shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+            feeds[inp.name] = np.full(shape, fill, np.uint8 if "uint8" in inp.type else np.float32)
+        runs.append(session.run(names, feeds))
+    return {n: a for n, a, b in zip(names, *runs, strict=True) if np.array_equal(a, b)}
 
 
 def _contrastive_heads(graph: onnx.GraphProto) -> list[dict]:
@@ -139,7 +143,10 @@ def fuse_head(model: onnx.ModelProto) -> onnx.ModelProto:
     heads, decoders = _contrastive_heads(graph), _dfl_decoders(graph)
     if not heads and not decoders:
         return model
-    values = _values(model, [n for h in heads for n in (h["text"], h["scale"])]) if heads else {}
+    values = _constant_values(model, [n for h in heads for n in (h["text"], h["scale"])]) if heads else {}
+    heads = [h for h in heads if h["text"] in values and h["scale"] in values]
+    if not heads and not decoders:
+        return model
     replaced: dict[str, list[onnx.NodeProto]] = {}  # output name -> the nodes now producing it
     for i, head in enumerate(heads):
         p = f"vs_head{i}_"
