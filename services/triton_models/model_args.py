@@ -44,12 +44,23 @@ def config_file_parameters(path: Path) -> dict[str, str]:
     return dict(_PARAMETER.findall(path.read_text()))
 
 
-def pipeline_fingerprint(config_paths: list[Path]) -> str:
+def int8_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of a served model's INT8 copy (what the CPU configs serve); "" where it has none."""
+    return (manifest["serving"].get("int8") or {}).get("onnx_sha256", "")
+
+
+def pipeline_fingerprint(config_paths: list[Path], manifests: tuple[dict[str, Any], ...] = ()) -> str:
     """sha256 of the parameters (not the comments) of the configs that shape what is embedded,
-    and of the whole-image views' recipe: an image whose rows were made under other settings
-    or views is embedded again on its next import."""
+    of the whole-image views' recipe, and of the models' INT8 copies: an image whose rows were
+    made under other settings, views or INT8 files is embedded again on its next import. (The
+    float files' sha256 name the collection itself; an INT8 copy is the same model to within
+    its quantization error, so a new one, from a new calibration or onnxruntime, refreshes the
+    rows in place instead of needing a new collection.)"""
     digest = hashlib.sha256(f"views:{views.RECIPE}".encode())
     for path in config_paths:
         parameters = sorted(config_file_parameters(path).items())
         digest.update(json.dumps([path.parent.name, parameters]).encode())
+    for manifest in manifests:
+        if int8_sha256(manifest):
+            digest.update(f"int8:{manifest['role']}:{int8_sha256(manifest)}".encode())
     return digest.hexdigest()

@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from services.search import triton_client as tc
-from services.triton_models.model_args import config_file_parameters, pipeline_fingerprint
+from services.triton_models.model_args import config_file_parameters, int8_sha256, pipeline_fingerprint
 from tests.integration.conftest import REPOSITORY, free_port
 from tests.integration.triton_calls import detect_and_embed, embed_region
 from tools.models.local_pipeline import LocalPipeline
@@ -112,7 +112,10 @@ def test_the_whole_photo_is_the_mean_of_its_views(client, photos, results):
 def test_model_info_reports_the_pipeline_settings_it_serves(client):
     versions = tc.model_versions_from(client.infer(tc.MODEL_INFO, []))
     configs = [REPOSITORY / name / "config.pbtxt" for name in ("preprocess", "postprocess")]
-    assert versions.pipeline == pipeline_fingerprint(configs)
+    manifests = tuple(json.loads((REPOSITORY / role / "manifest.json").read_text())
+                      for role in ("detector", "embedder"))
+    assert all(int8_sha256(m) for m in manifests)  # the INT8 copies the CPU configs serve are part of it
+    assert versions.pipeline == pipeline_fingerprint(configs, manifests) != pipeline_fingerprint(configs)
     # what the service (and every response's ModelInfo) learns: Triton's detection settings and the
     # embedder's measured threshold, from the files Triton serves, not from copies
     post = config_file_parameters(configs[1])

@@ -31,3 +31,21 @@ def test_the_pipeline_fingerprint_follows_the_views_recipe(tmp_path, monkeypatch
     shipped = pipeline_fingerprint([config])
     monkeypatch.setattr(views, "RECIPE", views.RECIPE + 1)
     assert pipeline_fingerprint([config]) != shipped
+
+
+def test_the_pipeline_fingerprint_follows_the_models_int8_copies(tmp_path):
+    """A new INT8 copy (another calibration, quantizer or onnxruntime) re-embeds on the next
+    import; a model without one leaves the fingerprint as the configs make it."""
+    config = tmp_path / "postprocess" / "config.pbtxt"
+    config.parent.mkdir()
+    config.write_text('parameters { key: "whole_image_views" value { string_value: "4" } }\n')
+
+    def manifest(role: str, int8: str | None) -> dict:
+        return {"role": role, "serving": {"onnx_sha256": "f" * 64, **({"int8": {"onnx_sha256": int8}} if int8 else {})}}
+
+    shipped = pipeline_fingerprint([config], (manifest("detector", "a" * 64), manifest("embedder", "b" * 64)))
+    assert pipeline_fingerprint([config], (manifest("detector", "c" * 64), manifest("embedder", "b" * 64))) != shipped
+    assert pipeline_fingerprint([config], (manifest("detector", "a" * 64), manifest("embedder", "c" * 64))) != shipped
+    assert pipeline_fingerprint([config], (manifest("detector", "a" * 64), manifest("embedder", "b" * 64))) == shipped
+    assert pipeline_fingerprint([config], (manifest("detector", None), manifest("embedder", None))) == \
+        pipeline_fingerprint([config])
