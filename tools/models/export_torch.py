@@ -14,19 +14,39 @@ import json
 import sys
 from pathlib import Path
 
-YOLO_IMAGE_SIZES = (480, 576, 672)  # the YOLO-World export fails at 640; sizes divisible by 96 work
+YOLO_IMAGE_SIZES = (480, 576, 640, 672)  # sides whose export `make eval` and `make bench` compare
 EFFNET_IMAGE_SIZE = 224
 
 
 def export_yolo(weights: Path, out_dir: Path, image_size: int) -> None:
     import torch
     from ultralytics import YOLO
+    from ultralytics.nn.modules.block import ImagePoolingAttn
+
+    class AdaptiveMaxPool(torch.nn.Module):
+        """``nn.AdaptiveMaxPool2d((k, k))`` as slices with the same windows (floor(i*n/k) to
+        ceil((i+1)*n/k)) and values: the exporter writes the original as a MaxPool, which it can
+        only do where k divides the feature maps' sides, so YOLO-World exported at 672 but not at
+        its native 640 (a 20x20 map at stride 32)."""
+
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.k = k
+
+        def _pool(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+            n, k = x.shape[dim], self.k
+            return torch.cat([x.narrow(dim, (i * n) // k, ((i + 1) * n + k - 1) // k - (i * n) // k)
+                              .amax(dim, keepdim=True) for i in range(k)], dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._pool(self._pool(x, 2), 3)
 
     original_export = torch.onnx.export
 
     def batch_only_dynamic(*args, **kwargs):
-        # Ultralytics' dynamic=True also frees H and W, which YOLO-World's attention
-        # reshapes cannot trace; a dynamic batch is all Triton needs.
+        # Ultralytics' dynamic=True also frees H and W; a dynamic batch is all Triton needs, and
+        # YOLO-World answers worse on the rectangular inputs that free H and W would allow
+        # (docs/models.md).
         if kwargs.get("dynamic_axes"):
             kwargs["dynamic_axes"] = {name: {0: "batch"} for name in kwargs["dynamic_axes"]}
         return original_export(*args, **kwargs)
@@ -34,6 +54,10 @@ def export_yolo(weights: Path, out_dir: Path, image_size: int) -> None:
     torch.onnx.export = batch_only_dynamic
     try:
         model = YOLO(str(weights))
+        for module in model.model.modules():
+            # only where the MaxPool cannot be written: the other sides keep the bytes they had
+            if isinstance(module, ImagePoolingAttn) and image_size % (32 * module.k):
+                module.im_pools = torch.nn.ModuleList(AdaptiveMaxPool(module.k) for _ in module.im_pools)
         exported = Path(model.export(format="onnx", imgsz=image_size, opset=17,
                                      simplify=False, dynamic=True, batch=2))
     finally:
