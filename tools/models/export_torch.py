@@ -54,9 +54,10 @@ def export_yolo(weights: Path, out_dir: Path, image_size: int) -> None:
     torch.onnx.export = batch_only_dynamic
     try:
         model = YOLO(str(weights))
+        stride = int(model.model.stride.max())  # the coarsest feature map's, which k must divide
         for module in model.model.modules():
             # only where the MaxPool cannot be written: the other sides keep the bytes they had
-            if isinstance(module, ImagePoolingAttn) and image_size % (32 * module.k):
+            if isinstance(module, ImagePoolingAttn) and image_size % (stride * module.k):
                 module.im_pools = torch.nn.ModuleList(AdaptiveMaxPool(module.k) for _ in module.im_pools)
         exported = Path(model.export(format="onnx", imgsz=image_size, opset=17,
                                      simplify=False, dynamic=True, batch=2))
