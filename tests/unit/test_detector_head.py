@@ -17,15 +17,17 @@ from tools.models.detector_head import fuse_head
 from tools.models.prepare import prune
 
 C, K, H, W, BINS, ANCHORS = 8, 3, 4, 5, 16, 7
+CIN = 5  # the channels of the projection a YOLO-World head's features come from (128 -> 512 there)
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(value, name)
 
 
-def _exported_head(rng: np.random.Generator) -> onnx.ModelProto:
+def _exported_head(rng: np.random.Generator, projected: bool = False) -> onnx.ModelProto:
     """``features`` [b, C, H, W] -> contrastive scores [b, K, H, W]; ``dist`` [b, 4*BINS, A] ->
-    the expected bin per side [b, 4, A]."""
+    the expected bin per side [b, 4, A]. ``projected``: the features are a 1x1 convolution of
+    ``x`` [b, CIN, H, W], as in YOLO-World, and the graph's input is ``x``."""
     inits = [
         _const("text", rng.normal(size=(1, K, C)).astype(np.float32)),
         _const("eps", np.array(1e-12, np.float32)),
@@ -61,9 +63,15 @@ def _exported_head(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Conv", ["probs", "dfl_weight"], ["expected"], kernel_shape=[1, 1]),
         helper.make_node("Reshape", ["expected", "dfl_out"], ["sides"]),
     ]
+    first = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", C, H, W])
+    if projected:
+        inits += [_const("proj_w", rng.normal(size=(C, CIN, 1, 1)).astype(np.float32)),
+                  _const("proj_b", rng.normal(size=C).astype(np.float32))]
+        nodes.insert(0, helper.make_node("Conv", ["x", "proj_w", "proj_b"], ["features"], kernel_shape=[1, 1]))
+        first = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CIN, H, W])
     graph = helper.make_graph(
         nodes, "head",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", C, H, W]),
+        [first,
          helper.make_tensor_value_info("dist", TensorProto.FLOAT, ["batch", 4 * BINS, ANCHORS])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", K, H, W]),
          helper.make_tensor_value_info("sides", TensorProto.FLOAT, ["batch", 4, ANCHORS])],
@@ -115,5 +123,40 @@ def test_a_head_whose_class_side_depends_on_the_input_is_not_folded() -> None:
     fused = prune(fuse_head(model))
     ops = [n.op_type for n in fused.graph.node]
     assert "MatMul" in ops and "Softmax" not in ops  # the head kept, the DFL decoder rewritten
+    for got, want in zip(_run(fused, feeds), _run(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _projected_feeds(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.normal(size=(2, CIN, H, W)).astype(np.float32),
+            "dist": rng.normal(size=(2, 4 * BINS, ANCHORS)).astype(np.float32)}
+
+
+def test_the_features_projection_folds_into_the_head() -> None:
+    """The C-channel features are never made: the class side and the norm read the projection's
+    CIN-channel input (YOLO-World: 128 channels instead of 512)."""
+    rng = np.random.default_rng(2)
+    exported = _exported_head(rng, projected=True)
+    feeds = _projected_feeds(rng)
+    fused = prune(fuse_head(exported))
+    onnx.checker.check_model(fused, full_check=True)
+    assert {i.name for i in fused.graph.initializer}.isdisjoint({"proj_w", "proj_b"})
+    widths = [numpy_helper.to_array(i).shape[0] for i in fused.graph.initializer
+              if any(n.op_type == "Conv" and n.input[1] == i.name for n in fused.graph.node)]
+    assert C not in widths and max(widths) <= max(K, CIN), widths
+    want, got = _run(exported, feeds), _run(fused, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
+
+
+def test_features_read_elsewhere_keep_their_projection() -> None:
+    """A projection whose output something else reads too is left as it is (the head is still rewritten)."""
+    rng = np.random.default_rng(3)
+    model = _exported_head(rng, projected=True)
+    model.graph.output.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", C, H, W]))
+    feeds = _projected_feeds(rng)
+    fused = prune(fuse_head(model))
+    assert "proj_w" in {i.name for i in fused.graph.initializer}
+    assert "MatMul" not in [n.op_type for n in fused.graph.node]
     for got, want in zip(_run(fused, feeds), _run(model, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
