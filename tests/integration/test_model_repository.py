@@ -309,6 +309,9 @@ def test_the_served_detector_head_answers_as_the_exported_one_on_real_photos():
                       if n.name.startswith(("vs_head", "vs_dfl"))} for folder in (served, exported)]
         # YOLO-World's three contrastive heads (one per scale) and its one DFL decoder
         assert rewritten == [{"head0", "head1", "head2", "dfl0"}, set()], rewritten
+        # each head reads its 128-channel map: the 128 -> 512 projection folded in
+        assert sorted(n.name for n in graphs[served, name].node if n.name.endswith("_RConv")) == \
+            ["vs_head0_RConv", "vs_head1_RConv", "vs_head2_RConv"]
 
     def quantized(graph: onnx.GraphProto) -> dict[str, tuple]:
         values = {i.name: numpy_helper.to_array(i).tolist() for i in graph.initializer}

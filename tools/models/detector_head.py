@@ -170,22 +170,23 @@ def _dfl_decoders(graph: onnx.GraphProto) -> list[dict]:
 
 
 def _similarity(graph: onnx.GraphProto, p: str, text: np.ndarray, scale: np.ndarray,
-                head: dict) -> list[onnx.NodeProto]:
+                head: dict) -> tuple[list[onnx.NodeProto], bool]:
     """Nodes making ``p + "dot"`` (each cell's feature times the scaled class embeddings) and
-    ``p + "norm"`` (the feature's L2 norm), from the projection's input where it folds (module doc)."""
-    weight = text[0].astype(np.float64) * float(scale)  # [K, C]
+    ``p + "norm"`` (the feature's L2 norm), and whether they read the projection's input instead
+    of the features (module doc)."""
     proj = head["projection"]
     if proj is not None:
+        classes = text[0].astype(np.float64) * float(scale)  # [K, C]
         w, b = proj["weight"], proj["bias"]  # [C, Cin], [C]
         rank = min(w.shape)
         # only where it saves work: K + rank outputs from Cin channels against C, then K from C
-        if (weight.shape[0] + rank) * w.shape[1] < w.shape[0] * (w.shape[1] + weight.shape[0]):
+        if (classes.shape[0] + rank) * w.shape[1] < w.shape[0] * (w.shape[1] + classes.shape[0]):
             q, r = np.linalg.qr(w)  # w = q @ r, q [C, rank] orthonormal, r [rank, Cin]
             shift = q.T @ b
             rest = max(float(b @ b - shift @ shift), 0.0)  # |b|^2 outside the span of w
             graph.initializer.extend([
-                numpy_helper.from_array((weight @ w).astype(np.float32)[:, :, None, None], p + "weight"),
-                numpy_helper.from_array((weight @ b).astype(np.float32), p + "weight_bias"),
+                numpy_helper.from_array((classes @ w).astype(np.float32)[:, :, None, None], p + "weight"),
+                numpy_helper.from_array((classes @ b).astype(np.float32), p + "weight_bias"),
                 numpy_helper.from_array(r.astype(np.float32)[:, :, None, None], p + "r"),
                 numpy_helper.from_array(shift.astype(np.float32), p + "r_bias"),
                 numpy_helper.from_array(np.array(rest, np.float32), p + "rest")])
@@ -197,12 +198,12 @@ def _similarity(graph: onnx.GraphProto, p: str, text: np.ndarray, scale: np.ndar
                 helper.make_node("ReduceSumSquare", [p + "rx"], [p + "rx_squared"], name=p + "ReduceSumSquare",
                                  axes=[1], keepdims=1),
                 helper.make_node("Add", [p + "rx_squared", p + "rest"], [p + "squared"], name=p + "AddRest"),
-                helper.make_node("Sqrt", [p + "squared"], [p + "norm"], name=p + "Sqrt")]
+                helper.make_node("Sqrt", [p + "squared"], [p + "norm"], name=p + "Sqrt")], True
     weight = (text[0] * scale).astype(np.float32)[:, :, None, None]
     graph.initializer.append(numpy_helper.from_array(weight, p + "weight"))
     x = head["features"]
     return [helper.make_node("Conv", [x, p + "weight"], [p + "dot"], name=p + "Conv", kernel_shape=[1, 1]),
-            helper.make_node("ReduceL2", [x], [p + "norm"], name=p + "ReduceL2", axes=[1], keepdims=1)]
+            helper.make_node("ReduceL2", [x], [p + "norm"], name=p + "ReduceL2", axes=[1], keepdims=1)], False
 
 
 def fuse_head(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -220,13 +221,16 @@ def fuse_head(model: onnx.ModelProto) -> onnx.ModelProto:
     if not heads and not decoders:
         return model
     replaced: dict[str, list[onnx.NodeProto]] = {}  # output name -> the nodes now producing it
+    folded = 0
     for i, head in enumerate(heads):
         p = f"vs_head{i}_"
         text = values[head["text"]]  # [1, K, C], unit rows
         graph.initializer.extend([numpy_helper.from_array(np.array(head["eps"], np.float32), p + "eps"),
                                   numpy_helper.from_array(np.array(head["bias"], np.float32), p + "bias")])
+        similarity, projected = _similarity(graph, p, text, values[head["scale"]].reshape(()), head)
+        folded += projected
         replaced[head["add"].output[0]] = [
-            *_similarity(graph, p, text, values[head["scale"]].reshape(()), head),
+            *similarity,
             helper.make_node("Clip", [p + "norm", p + "eps"], [p + "clipped"], name=p + "Clip"),
             helper.make_node("Div", [p + "dot", p + "clipped"], [p + "cosine"], name=p + "Div"),
             helper.make_node("Add", [p + "cosine", p + "bias"], [head["add"].output[0]], name=p + "Add")]
@@ -258,7 +262,6 @@ def fuse_head(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.value_info[:]
     graph.value_info.extend(kept)
     log.info("detector head: %d contrastive heads as 1x1 convolutions (%d with their projection folded in), "
-             "%d DFL decoders without transposes", len(heads), sum(h["projection"] is not None for h in heads),
-             len(decoders))
+             "%d DFL decoders without transposes", len(heads), folded, len(decoders))
     return model
 
