@@ -86,7 +86,7 @@ def _constant_values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.n
 
 def _contrastive_heads(graph: onnx.GraphProto) -> list[dict]:
     """Each ``Add(Mul(Reshape(MatMul(text, Reshape(Div(x, Expand(Clip(ReduceL2(x))))))), scale), bias)``."""
-    producers = _producers(graph)
+    producers, consumers = _producers(graph), _consumers(graph)
     found = []
     for add in (n for n in graph.node if n.op_type == "Add"):
         mul = producers.get(add.input[0])
@@ -114,18 +114,19 @@ def _contrastive_heads(graph: onnx.GraphProto) -> list[dict]:
             continue
         found.append({"add": add, "features": div.input[0], "text": matmul.input[0], "scale": mul.input[1],
                       "eps": float(eps), "bias": float(bias.reshape(-1)[0]),
-                      "projection": _projection(graph, div, norm, expand, producers)})
+                      "projection": _projection(graph, div, norm, expand, producers, consumers)})
     return found
 
 
 def _projection(graph: onnx.GraphProto, div: onnx.NodeProto, norm: onnx.NodeProto, expand: onnx.NodeProto,
-                producers: dict[str, onnx.NodeProto]) -> dict | None:
+                producers: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]) -> dict | None:
     """The plain 1x1 convolution that makes the head's features, read by nothing but the head
     (its norm, its division and the Shape its Expand reads; not a graph output), or None."""
     conv = producers.get(div.input[0])
     if conv is None or conv.op_type != "Conv" or len(conv.input) < 2:
         return None
-    plain = (list(_attr(conv, "kernel_shape", [1, 1])) == [1, 1] and _attr(conv, "group", 1) == 1
+    # the kernel's 1x1 is read from the weight below
+    plain = (_attr(conv, "group", 1) == 1
              and all(v == 1 for v in _attr(conv, "strides", [1, 1]))
              and all(v == 1 for v in _attr(conv, "dilations", [1, 1]))
              and all(v == 0 for v in _attr(conv, "pads", [0, 0, 0, 0]))
@@ -140,8 +141,9 @@ def _projection(graph: onnx.GraphProto, div: onnx.NodeProto, norm: onnx.NodeProt
     head = {div.output[0], norm.output[0]}
     if shape is not None and shape.op_type == "Shape":
         head.add(shape.output[0])
-    readers = [n for n in graph.node if div.input[0] in n.input]
-    if any(n.output[0] not in head for n in readers) or any(o.name == div.input[0] for o in graph.output):
+    features = div.input[0]
+    if any(n.output[0] not in head for n in consumers.get(features, [])) \
+            or any(o.name == features for o in graph.output):
         return None
     weight = weight[:, :, 0, 0].astype(np.float64)
     return {"input": conv.input[0], "weight": weight,
