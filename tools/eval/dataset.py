@@ -14,9 +14,13 @@
     pair: the catalog holds the left view, the queries are the right one);
   - ``scene_centred``: how shoppers shoot: the object alone, large (45-75 % of the short
     side) and near the centre of a real scene photo, otherwise as ``scene``.
-* Look-alike distractors: ``background_distractors`` products cut from the same scene photos
-  (a crop each, on no studio background): a real catalog holds tables, plants and posters
-  like the backgrounds of shoppers' photos, and every kind is searched among them.
+* Look-alike distractors: ``background_distractors`` products cut from half of the scene
+  photos (``LOOKALIKE_SOURCES``; a crop each, on no studio background): a real catalog holds
+  tables, plants and posters like the backgrounds of shoppers' photos, and every kind is
+  searched among them. A scene photo pasted into one of those photos has copies of its own
+  background in the catalog (``Query.background_copied``); one pasted into the other half has
+  only look-alikes of the same kind, as a shopper's room has in a real catalog. The evaluation
+  reports the two apart.
   The new kind and these products draw from their own random stream, so the queries of the
   kinds above stay those of earlier runs.
 * Nothing here is committed: packages are fetched into the cache at evaluation time.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,10 @@ SCENE_PACKAGES = {
 }
 SCENE_LICENSE = "CC-BY-4.0 / CC-BY-SA-4.0 (Debian lomiri-wallpapers), CC0 (scikit-image)"
 SKIMAGE_SCENES = ("coffee", "astronaut", "cat", "rocket", "china", "flower")
+# Every other scene photo (7 lomiri and 3 scikit-image ones) is cut into look-alike distractors;
+# the other 10 appear in the catalog only through look-alikes (since 2026-12-07; before, every
+# scene photo was cut, so every scene query's own background had copies in the catalog).
+LOOKALIKE_SOURCES = slice(0, None, 2)
 
 # A stamp is a photo cut-out (not a drawing) when its opaque pixels hold many distinct
 # colours: drawings have flat fills.
@@ -72,6 +80,8 @@ class Query:
     path: str  # relative to the set's folder
     box: tuple[int, int, int, int] | None  # where the product's object is, when known
     other_product: str | None = None  # a second catalog product shown in the same photo
+    background: str | None = None  # the scene photo it was pasted into (scene kinds)
+    background_copied: bool = False  # the look-alike distractors include crops of that photo
 
 
 @dataclass(frozen=True)
@@ -132,16 +142,22 @@ def load_stamps(cache: Path) -> tuple[dict[str, Image.Image], dict[str, Image.Im
     return photos, drawings
 
 
-def load_scenes(cache: Path) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    pixels: np.ndarray
+
+
+def load_scenes(cache: Path) -> list[Scene]:
     scenes = []
     for package, names in SCENE_PACKAGES.items():
         folder = debian.fetch(package, cache) / "usr/share/backgrounds"
         for name in names:
             img = Image.open(folder / f"{name}.jpg").convert("RGB")
             img.thumbnail((2048, 2048))
-            scenes.append(np.asarray(img))
+            scenes.append(Scene(name, np.asarray(img)))
     photos = load_photos()
-    scenes += [photos[name].pixels for name in SKIMAGE_SCENES]
+    scenes += [Scene(name, photos[name].pixels) for name in SKIMAGE_SCENES]
     return scenes
 
 
@@ -221,11 +237,12 @@ def _place(canvas: Image.Image, obj: Image.Image, fraction: float, rng: np.rando
     return (left + int(xs.min()), top + int(ys.min()), left + int(xs.max()) + 1, top + int(ys.max()) + 1)
 
 
-def scene_photo(obj: Image.Image, scenes: list[np.ndarray], other: Image.Image | None,
-                rng: np.random.Generator) -> tuple[bytes, tuple[int, ...]]:
-    """The object (RGBA) in a real scene, photographed by a phone; returns JPEG bytes and the
-    object's box."""
-    canvas = _scene_canvas(scenes[int(rng.integers(len(scenes)))], rng)
+def scene_photo(obj: Image.Image, scenes: list[Scene], other: Image.Image | None,
+                rng: np.random.Generator) -> tuple[bytes, tuple[int, ...], str]:
+    """The object (RGBA) in a real scene, photographed by a phone; returns JPEG bytes, the
+    object's box and the scene photo's name."""
+    scene = scenes[int(rng.integers(len(scenes)))]
+    canvas = _scene_canvas(scene.pixels, rng)
     if other is not None:  # a second, unrelated object in the same photo
         _place(canvas, _relight(other.rotate(float(rng.uniform(-20, 20)), Image.Resampling.BILINEAR, expand=True),
                                 rng), float(rng.uniform(0.15, 0.35)), rng)
@@ -235,26 +252,30 @@ def scene_photo(obj: Image.Image, scenes: list[np.ndarray], other: Image.Image |
     if rng.random() < 0.3:  # partly hidden behind something from another scene
         x1, y1, x2, y2 = box
         cover_w, cover_h = int((x2 - x1) * rng.uniform(0.2, 0.4)), int((y2 - y1) * rng.uniform(0.5, 1.0))
-        patch = _scene_canvas(scenes[int(rng.integers(len(scenes)))], rng).resize((max(1, cover_w), max(1, cover_h)))
+        patch = _scene_canvas(scenes[int(rng.integers(len(scenes)))].pixels, rng).resize((max(1, cover_w),
+                                                                                           max(1, cover_h)))
         canvas.alpha_composite(patch, (x1 if rng.random() < 0.5 else x2 - cover_w, y1))
     photo = canvas.convert("RGB").filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5))))
-    return encode(np.asarray(photo), quality=int(rng.integers(40, 91))), box
+    return encode(np.asarray(photo), quality=int(rng.integers(40, 91))), box, scene.name
 
 
-def centred_photo(obj: Image.Image, scenes: list[np.ndarray],
-                  rng: np.random.Generator) -> tuple[bytes, tuple[int, ...]]:
+def centred_photo(obj: Image.Image, scenes: list[Scene],
+                  rng: np.random.Generator) -> tuple[bytes, tuple[int, ...], str]:
     """The object alone, large and near the centre of a real scene, photographed by a phone."""
-    canvas = _scene_canvas(scenes[int(rng.integers(len(scenes)))], rng)
+    scene = scenes[int(rng.integers(len(scenes)))]
+    canvas = _scene_canvas(scene.pixels, rng)
     shot = obj.rotate(float(rng.uniform(-15, 15)), Image.Resampling.BILINEAR, expand=True)
     shot = _relight(_perspective(shot, rng, 0.08), rng)
     box = _place(canvas, shot, float(rng.uniform(0.45, 0.75)), rng, centred=True)
     photo = canvas.convert("RGB").filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
-    return encode(np.asarray(photo), quality=int(rng.integers(50, 91))), box
+    return encode(np.asarray(photo), quality=int(rng.integers(50, 91))), box, scene.name
 
 
-def background_crop(scenes: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """A catalog image cut from a scene photo: 15-60 % of its short side, anywhere."""
-    scene = scenes[int(rng.integers(len(scenes)))]
+def background_crop(scenes: list[Scene], rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A catalog image cut from a scene photo (15-60 % of its short side, anywhere), and the
+    photo's name."""
+    source = scenes[int(rng.integers(len(scenes)))]
+    scene = source.pixels
     h, w = scene.shape[:2]
     side = int(min(h, w) * rng.uniform(0.15, 0.6))
     aspect = rng.uniform(0.7, 1.4)
@@ -262,7 +283,7 @@ def background_crop(scenes: list[np.ndarray], rng: np.random.Generator) -> np.nd
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     img = Image.fromarray(scene[y:y + ch, x:x + cw])
     img.thumbnail((512, 512))
-    return np.asarray(img)
+    return np.asarray(img), source.name
 
 
 def reshot_photo(catalog: Image.Image, rng: np.random.Generator) -> bytes:
@@ -305,25 +326,30 @@ def build(out: Path, cache: Path, max_products: int | None = None, seed: int = 2
         for q in range(scene_queries):
             other = names[int(rng.integers(len(names)))] if rng.random() < 0.3 else None
             other = other if other != pid else None
-            data, box = scene_photo(stamp, scenes, photos[other] if other else None, rng)
-            queries.append(_save(out, f"{pid}.scene{q}", pid, "scene", data, box, other))
+            data, box, scene = scene_photo(stamp, scenes, photos[other] if other else None, rng)
+            queries.append(_save(out, f"{pid}.scene{q}", pid, "scene", data, box, other, scene))
         for q in range(reshot_queries):
             queries.append(_save(out, f"{pid}.reshot{q}", pid, "reshot", reshot_photo(catalog, rng), None))
     rows, queries = _second_shots(out, rows, queries, rng)
     for pid in names:
         for q in range(centred_queries):
-            data, box = centred_photo(photos[pid], scenes, extra)
-            queries.append(_save(out, f"{pid}.centred{q}", pid, "scene_centred", data, box))
+            data, box, scene = centred_photo(photos[pid], scenes, extra)
+            queries.append(_save(out, f"{pid}.centred{q}", pid, "scene_centred", data, box, background=scene))
+    sources: dict[str, str] = {}  # each look-alike distractor's scene photo
+    cut = scenes[LOOKALIKE_SOURCES]
+    copied = {scene.name for scene in cut}
+    queries = [replace(q, background_copied=q.background in copied) for q in queries]
     for i in range(background_distractors):
         pid = f"background.{i:05d}"
-        (out / "catalog" / f"{pid}.jpg").write_bytes(encode(background_crop(scenes, extra), quality=90))
+        pixels, sources[pid] = background_crop(cut, extra)
+        (out / "catalog" / f"{pid}.jpg").write_bytes(encode(pixels, quality=90))
         rows.append({"product_id": pid, "image_path": f"catalog/{pid}.jpg", "image_id": "photo",
                      "category": "background", "title": pid})
     (out / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     products = [*names, SECOND_SHOT_PRODUCT]
     (out / "set.json").write_text(json.dumps({
         "seed": seed, "products": products, "distractors": len(distractor_names) + background_distractors,
-        "background_distractors": background_distractors,
+        "background_distractors": background_distractors, "background_sources": sources,
         "sources": {"objects": STAMPS_LICENSE, "scenes": SCENE_LICENSE},
         "queries": [asdict(q) for q in queries]}, indent=1))
     log.info("evaluation set: %d products with queries, %d distractors (%d cut from scene photos), %d queries in %s",
@@ -348,7 +374,7 @@ def _second_shots(out: Path, rows: list[dict], queries: list[Query],
 
 
 def _save(out: Path, qid: str, pid: str, kind: str, data: bytes, box: tuple[int, ...] | None,
-          other_product: str | None = None) -> Query:
+          other_product: str | None = None, background: str | None = None) -> Query:
     path = f"queries/{qid}.jpg"
     (out / path).write_bytes(data)
-    return Query(qid, pid, kind, path, tuple(int(v) for v in box) if box else None, other_product)
+    return Query(qid, pid, kind, path, tuple(int(v) for v in box) if box else None, other_product, background)

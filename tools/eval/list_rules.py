@@ -97,6 +97,11 @@ def split_of(product: str) -> str:
     return "choose" if hashlib.sha256(product.encode()).digest()[0] % 2 == 0 else "report"
 
 
+def part_of(answer: dict) -> str:
+    """A scene photo's kind by what the catalog holds of its background (tools/eval/dataset.py)."""
+    return f"{answer['kind']} ({'copies' if answer.get('background_copied') else 'look-alikes'})"
+
+
 def figures(answers: list[dict], rule: Rule, max_objects: int, listed_score: float) -> dict:
     list_ranks, object_first, vectors = [], [], []
     for a in answers:
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.answers) as f:
         answers = [a for a in json.load(f)[args.variant] if a.get("groups")]
-    kinds = sorted({a["kind"] for a in answers})
+    kinds = sorted({a["kind"] for a in answers} | {part_of(a) for a in answers if a.get("background")})
     print(f"{len(answers)} queries of variant {args.variant}; list from boxes scoring >= {args.listed_score}; "
           "cells: list R@1 / R@5 / MRR, object-group R@1, query vectors per photo (queries)")
     print("| boxes | rule | split | " + " | ".join(kinds) + " |")
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for split in ("choose", "report"):
                 cells = []
                 for kind in kinds:
-                    subset = [a for a in answers if a["kind"] == kind and
+                    subset = [a for a in answers if kind in (a["kind"], part_of(a)) and
                               (kind == "second_shot" or split_of(a["product"]) == split)]
                     f = figures(subset, rule, max_objects, args.listed_score)
                     cells.append(f"{f['recall1']:.3f} / {f['recall5']:.3f} / {f['mrr']:.3f}, {f['object1']:.3f}, "

@@ -352,6 +352,13 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
             single = [a for a in subset if not a.query.other_product]
             result["kinds"][kind]["one_product"] = {"object": scores(single, "object"),
                                                     "list": scores(single, "list")}
+        if any(a.query.background for a in subset):  # a scene kind: its background's copies apart
+            result["kinds"][kind]["backgrounds"] = {
+                name: {"object": scores(part, "object"), "list": scores(part, "list"),
+                       "one_product": {"object": scores(single, "object"), "list": scores(single, "list")}}
+                for name, part in (("look-alikes", [a for a in subset if not a.query.background_copied]),
+                                   ("copies", [a for a in subset if a.query.background_copied]))
+                for single in [[a for a in part if not a.query.other_product]]}
     blind = [a for a in answers if a.nothing_detected]
     result["nothing_detected"] = {"queries": len(blind), **scores(blind, "object")} if blind else {"queries": 0}
     result["similarity"] = similarity_gap(answers)
@@ -361,6 +368,7 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
                           "top_similarity": a.object_ranking[0][1] if a.object_ranking else None,
                           "object_detected": a.object_found, "nothing_detected": a.nothing_detected,
                           "product": a.query.product_id, "other_product": a.query.other_product,
+                          "background": a.query.background, "background_copied": a.query.background_copied,
                           "box": a.query.box, "groups": a.groups}
                          for a in answers]
     log.info("variant %s: %s", variant.name, json.dumps(result["kinds"]))
@@ -434,6 +442,23 @@ def write_markdown(path: Path, data: dict, title: str, note: str) -> None:
                          f"{one['object']['recall1']:.3f} | {one['list']['recall1']:.3f} | - |")
             lines.append(f"| {r['variant']} | {kind}, two products | {two['queries']} | "
                          f"{two['object']['recall1']:.3f} | {two['list']['recall1']:.3f} | {two['either_first']:.3f} |")
+    parts = [(r, kind, k["backgrounds"]) for r in data["results"] for kind, k in r["kinds"].items()
+             if "backgrounds" in k]
+    if parts:
+        lines += ["", "Scene photos by what the catalog holds of their background: **look-alikes** (the photo was "
+                  "pasted into one of the scene photos no look-alike distractor is cut from: the catalog holds "
+                  "crops of other photos of the same kind, as it holds tables and posters like a shopper's "
+                  "room) or **copies** (crops of the very photo it was pasted into are catalog products):", "",
+                  "| variant | kind | background in the catalog | photos | R@1 object | R@1 list | R@5 list | "
+                  "MRR list | photos of one product | R@1 object, one product | R@1 list, one product |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, kind, split in parts:
+            for name, part in split.items():
+                o, lst, one = part["object"], part["list"], part["one_product"]
+                lines.append(f"| {r['variant']} | {kind} | {name} | {o['queries']} | {o['recall1']:.3f} | "
+                             f"{lst['recall1']:.3f} | {lst['recall5']:.3f} | {lst['mrr']:.3f} | "
+                             f"{one['object']['queries']} | {one['object']['recall1']:.3f} | "
+                             f"{one['list']['recall1']:.3f} |")
     lines += ["", "Similarity of the true match at rank 1 against the best wrong product (object rankings), "
               "and the `min_similarity` that keeps 95 % of true rank-1 matches:", "",
               "| variant | true match (median) | best wrong (median) | recommended min_similarity | "
