@@ -59,8 +59,9 @@ SCENE_PACKAGES = {
 SCENE_LICENSE = "CC-BY-4.0 / CC-BY-SA-4.0 (Debian lomiri-wallpapers), CC0 (scikit-image)"
 SKIMAGE_SCENES = ("coffee", "astronaut", "cat", "rocket", "china", "flower")
 # Every other scene photo (7 lomiri and 3 scikit-image ones) is cut into look-alike distractors;
-# the other 10 appear in the catalog only through look-alikes (since 2026-12-07; before, every
-# scene photo was cut, so every scene query's own background had copies in the catalog).
+# a query pasted into one of the other 10 meets only look-alikes of its background (since
+# 2026-12-07; before, every scene photo was cut, so every scene query's own background had
+# copies in the catalog).
 LOOKALIKE_SOURCES = slice(0, None, 2)
 
 # A stamp is a photo cut-out (not a drawing) when its opaque pixels hold many distinct
