@@ -63,6 +63,8 @@ SKIMAGE_SCENES = ("coffee", "astronaut", "cat", "rocket", "china", "flower")
 # 2026-12-07; before, every scene photo was cut, so every scene query's own background had
 # copies in the catalog).
 LOOKALIKE_SOURCES = slice(0, None, 2)
+# how reports name a scene photo by ``Query.background_copied``
+BACKGROUND_PARTS = {False: "look-alikes", True: "copies"}
 
 # A stamp is a photo cut-out (not a drawing) when its opaque pixels hold many distinct
 # colours: drawings have flat fills.

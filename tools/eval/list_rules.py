@@ -28,6 +28,7 @@ from services.paths import BUILD
 from services.search import objects
 from services.search.config import Settings
 from services.search.search import ranked
+from tools.eval import dataset
 from tools.eval.matching import matching_box
 
 Match = tuple[str, float]  # (product id, similarity), a group's products best first
@@ -99,7 +100,7 @@ def split_of(product: str) -> str:
 
 def part_of(answer: dict) -> str:
     """A scene photo's kind by what the catalog holds of its background (tools/eval/dataset.py)."""
-    return f"{answer['kind']} ({'copies' if answer.get('background_copied') else 'look-alikes'})"
+    return f"{answer['kind']} ({dataset.BACKGROUND_PARTS[bool(answer.get('background_copied'))]})"
 
 
 def figures(answers: list[dict], rule: Rule, max_objects: int, listed_score: float) -> dict:

@@ -283,6 +283,11 @@ def scores(answers: list[Answer], which: str) -> dict:
             "mrr": sum(1 / r for r in ranks if r) / n if n else 0.0}
 
 
+def recalls(answers: list[Answer]) -> dict:
+    """``scores`` of the photographed object's group and of the merged list."""
+    return {"object": scores(answers, "object"), "list": scores(answers, "list")}
+
+
 def similarity_gap(answers: list[Answer]) -> dict:
     """Similarity of true rank-1 matches against the best wrong product (object rankings), and
     the ``min_similarity`` that keeps 95 % of the true rank-1 matches (with the share of wrong
@@ -338,7 +343,7 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
     for kind in sorted({a.query.kind for a in answers}):
         subset = [a for a in answers if a.query.kind == kind]
         detected = [a for a in subset if a.object_found]
-        result["kinds"][kind] = {"object": scores(subset, "object"), "list": scores(subset, "list"),
+        result["kinds"][kind] = {**recalls(subset),
                                  "object_detected": float(np.mean([a.object_found for a in subset])),
                                  # the embedder's share: recall where the detector found the object
                                  "when_detected": scores(detected, "object"),
@@ -346,19 +351,16 @@ def evaluate(variant: Variant, evalset: dataset.EvalSet, work: Path, cache: Path
         pairs = [a for a in subset if a.query.other_product]
         if pairs:  # a photo of two catalog products: the list can lead with only one of them
             result["kinds"][kind]["two_products"] = {
-                "queries": len(pairs), "object": scores(pairs, "object"), "list": scores(pairs, "list"),
+                "queries": len(pairs), **recalls(pairs),
                 "either_first": float(np.mean([bool(a.list_ranking) and a.list_ranking[0][0] in
                                                (a.query.product_id, a.query.other_product) for a in pairs]))}
-            single = [a for a in subset if not a.query.other_product]
-            result["kinds"][kind]["one_product"] = {"object": scores(single, "object"),
-                                                    "list": scores(single, "list")}
+            result["kinds"][kind]["one_product"] = recalls([a for a in subset if not a.query.other_product])
         if any(a.query.background for a in subset):  # a scene kind: its background's copies apart
-            result["kinds"][kind]["backgrounds"] = {
-                name: {"object": scores(part, "object"), "list": scores(part, "list"),
-                       "one_product": {"object": scores(single, "object"), "list": scores(single, "list")}}
-                for name, part in (("look-alikes", [a for a in subset if not a.query.background_copied]),
-                                   ("copies", [a for a in subset if a.query.background_copied]))
-                for single in [[a for a in part if not a.query.other_product]]}
+            backgrounds = result["kinds"][kind]["backgrounds"] = {}
+            for copied, name in dataset.BACKGROUND_PARTS.items():
+                part = [a for a in subset if a.query.background_copied == copied]
+                backgrounds[name] = {**recalls(part),
+                                     "one_product": recalls([a for a in part if not a.query.other_product])}
     blind = [a for a in answers if a.nothing_detected]
     result["nothing_detected"] = {"queries": len(blind), **scores(blind, "object")} if blind else {"queries": 0}
     result["similarity"] = similarity_gap(answers)
