@@ -110,7 +110,8 @@ EVAL_ARGS ?=
 eval: venv proto models
 	$(PY) -m tools.eval.run $(EVAL_ARGS)
 
-# What the scene queries could still gain with the shipped models (query- and catalog-side
-# additions, replayed in-process; docs/evaluation-headroom.md; about 5 minutes on 2 CPU cores).
+# What the scene queries could still gain with the shipped models (how much the detector's box
+# choice caps the object's group, and query- and catalog-side additions, replayed in-process;
+# docs/evaluation-headroom.md; about 15 minutes on 2 CPU cores).
 eval-headroom: venv proto models
 	$(PY) -m tools.eval.headroom

@@ -70,12 +70,17 @@ class LocalPipeline:
     def locate(self, decoded: imaging.Decoded, max_objects: int | None = None) -> imaging.Located:
         """What the postprocess model makes of a decoded photo: boxes and crop boxes (at most
         ``max_objects``, as the ensemble's MAX_OBJECTS asks)."""
-        tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
-        det = self.detector_manifest["serving"]
-        raw = self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0]
+        raw, geometry = self.detector_output(decoded)
         settings = self.settings.detection
         return imaging.locate(raw, geometry, len(self.classes),
                               settings if max_objects is None else settings.at_most(max_objects))
+
+    def detector_output(self, decoded: imaging.Decoded) -> tuple[np.ndarray, np.ndarray]:
+        """The detector's raw output for a decoded photo and the letterbox geometry that
+        ``imaging.locate`` needs: one detector run, which any detection settings can then read."""
+        tensor, geometry = imaging.prepare_detector_input(decoded, self.size)
+        det = self.detector_manifest["serving"]
+        return self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0], geometry
 
     def detect(self, data: bytes | imaging.Decoded, max_objects: int | None = None) -> imaging.Detections:
         """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
