@@ -163,9 +163,9 @@ class Settings:
         float, lambda v: v >= 0)
     max_searched_objects: int = _setting(
         "VS_MAX_SEARCHED_OBJECTS", 4,
-        "detected objects searched per photo (highest detection score first) when the request's max_objects "
-        "is 0: each is one query vector in Milvus, the capacity plan's cost driver, and Triton crops and "
-        "embeds no other box of a query photo",
+        "detected objects searched per photo (the detector's best first, as the postprocess ranks them) when "
+        "the request's max_objects is 0: each is one query vector in Milvus, the capacity plan's cost driver, "
+        "and Triton crops and embeds no other box of a query photo",
         int, _positive)
     shown_detection_score: float = _setting(
         "VS_SHOWN_DETECTION_SCORE", 0.25,

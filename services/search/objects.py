@@ -72,10 +72,12 @@ def photo(boxes: np.ndarray, scores: np.ndarray, labels: list[str], embeddings: 
 def searched(found: Objects, min_detection_score: float, max_objects: int, skip_whole_image: bool
              ) -> tuple[Objects, bool]:
     """The rows a search sends to Milvus: the detected objects from ``min_detection_score``, at
-    most ``max_objects`` of them, best first; then the whole photo, unless the caller
-    skips it and an object is kept. Also whether no detected object was kept."""
+    most ``max_objects`` of them, best first in the postprocess's order (its ranking, which need
+    not be by the score shown: model_repository/postprocess's rank_by_class_sum); then the whole
+    photo, unless the caller skips it and an object is kept. Also whether no detected object was
+    kept."""
     detected = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_detection_score]
-    detected = sorted(detected, key=lambda i: -found.scores[i])[:max_objects]
+    detected = detected[:max_objects]
     rest = [int(i) for i in np.flatnonzero(~found.detected)]
     if detected and skip_whole_image:
         rest = [i for i in rest if not found.whole[i]]

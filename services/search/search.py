@@ -84,7 +84,7 @@ class Search:
         query = check_search(req, self.settings)
         mode = pb.EMBED_MODE_REGION if query.region is not None else pb.EMBED_MODE_DETECT
         # only the boxes ``objects.searched`` can send are cropped and embedded: the best
-        # max_objects by score (those under min_detection_score are dropped after)
+        # max_objects as the postprocess ranks them (those under min_detection_score are dropped after)
         found = await embed(self.backends.triton, query.image, mode, query.region, remaining, query.max_objects)
         rows, nothing_detected = objects.searched(found, query.min_detection_score, query.max_objects,
                                                   query.skip_whole_image)

@@ -132,6 +132,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int 
     return np.asarray(keep, dtype=np.int64)
 
 
+# With rank_by_class_sum, how many boxes (NMS's best by their best class) are reordered by their
+# class sum: as many as `make eval-headroom`'s wide pool, which holds the object's box in 95 % of
+# the scene photos; bounded so a busy photo costs a bounded NMS.
+RANKED_CANDIDATES = 64
+
+
 @dataclass(frozen=True)
 class DetectionSettings:
     """The postprocess model's parameters (model_repository/postprocess/config.pbtxt)."""
@@ -144,13 +150,17 @@ class DetectionSettings:
     max_box_fraction: float = 1.0  # drop boxes larger than this share (the whole photo is searched anyway)
     crop_margin: float = 0.0  # each side of an object's crop widened by this share of its box
     whole_image_views: int = 1  # crops of the whole image whose embeddings are averaged (views.py)
+    # Which boxes are kept (at most max_objects) and in what order: by the sum of their class
+    # scores rather than their best class's. A product outside the detector's classes spreads
+    # its score over several of them, a patch of background scores low on all.
+    rank_by_class_sum: bool = False
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> DetectionSettings:
         return cls(float(params["score_threshold"]), float(params["iou_threshold"]), int(params["max_objects"]),
                    params.get("class_agnostic_nms", "0") == "1", float(params.get("min_box_fraction", "0")),
                    float(params.get("max_box_fraction", "1")), float(params.get("crop_margin", "0")),
-                   int(params.get("whole_image_views", "1")))
+                   int(params.get("whole_image_views", "1")), params.get("rank_by_class_sum", "0") == "1")
 
     def at_most(self, objects: int) -> DetectionSettings:
         """These settings keeping at most ``objects`` boxes (at least 1, never more than
@@ -164,7 +174,10 @@ def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
     """Decode one YOLO output ``[4+C, N]`` into xyxy boxes (letterbox px), scores, classes.
 
     NMS per class (boxes offset per class) unless class-agnostic; boxes outside the settings'
-    share of ``image_area`` (letterbox px^2) dropped before NMS; at most ``max_objects`` kept.
+    share of ``image_area`` (letterbox px^2) dropped before NMS; at most ``max_objects`` kept,
+    best first. The score returned is the best class's (the label's); with
+    ``rank_by_class_sum`` the best ``RANKED_CANDIDATES`` boxes after NMS are reordered by the sum
+    of their class scores before the cut.
     """
     # Along the rows as the detector lays them out ([4+C, N]): reducing a transposed view
     # strides across memory and took 3x longer.
@@ -181,7 +194,12 @@ def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     scores, classes = scores[mask], classes[mask]
     offset = 0.0 if settings.class_agnostic_nms else classes[:, None].astype(np.float32) * 10_000.0
-    keep = nms(boxes + offset, scores, settings.iou_threshold, settings.max_objects)
+    if not settings.rank_by_class_sum:
+        keep = nms(boxes + offset, scores, settings.iou_threshold, settings.max_objects)
+    else:
+        keep = nms(boxes + offset, scores, settings.iou_threshold, max(RANKED_CANDIDATES, settings.max_objects))
+        ranks = class_scores[:, mask][:, keep].sum(axis=0)
+        keep = keep[np.argsort(-ranks, kind="stable")][:settings.max_objects]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,6 +131,38 @@ def test_class_agnostic_nms_keeps_one_box_per_object_whatever_its_class():
     agnostic = imaging.detect(raw, 3, imaging.DetectionSettings(class_agnostic_nms=True))
     assert len(per_class[0]) == 3
     assert agnostic[2].tolist() == [0, 2]
+
+
+def test_ranked_by_class_sum_a_box_spread_over_classes_is_kept_before_one_sure_of_a_single_class():
+    raw = _yolo((100, 100, 80, 80, 0, 0.30), (400, 400, 60, 60, 1, 0.20), (250, 250, 40, 40, 2, 0.10))
+    raw[4:, 1] = 0.20, 0.20, 0.20  # the second box: no class sure, all of them likely (sum 0.60)
+    raw[4, 2] = 0.15  # the third overlaps no one: sum 0.25
+    by_best = imaging.DetectionSettings(score_threshold=0.01, max_objects=2, class_agnostic_nms=True)
+    by_sum = replace(by_best, rank_by_class_sum=True)
+    boxes, scores, _ = imaging.detect(raw, 3, by_best)
+    assert scores.tolist() == pytest.approx([0.30, 0.20])
+    boxes, scores, classes = imaging.detect(raw, 3, by_sum)
+    # the spread box first; each keeps its best class's score and label
+    assert boxes[:, 0].tolist() == [370, 60] and scores.tolist() == pytest.approx([0.20, 0.30])
+    assert classes.tolist()[1] == 0
+    # the cut follows the order: with one box, the spread one
+    one = imaging.detect(raw, 3, replace(by_sum, max_objects=1))
+    assert one[0][:, 0].tolist() == [370]
+
+
+def test_ranked_by_class_sum_nms_still_suppresses_by_the_best_class():
+    # two overlapping boxes: the surer one (0.9) suppresses the other even though its class sum is lower
+    raw = _yolo((100, 100, 80, 80, 0, 0.9), (102, 101, 80, 80, 1, 0.5))
+    raw[4:, 1] = 0.5, 0.5, 0.5
+    boxes, scores, _ = imaging.detect(raw, 3, imaging.DetectionSettings(class_agnostic_nms=True,
+                                                                      rank_by_class_sum=True))
+    assert scores.tolist() == pytest.approx([0.9])
+
+
+def test_the_postprocess_parameters_turn_the_class_sum_ranking_on():
+    params = {"score_threshold": "0.002", "iou_threshold": "0.45", "max_objects": "8"}
+    assert not imaging.DetectionSettings.from_parameters(params).rank_by_class_sum
+    assert imaging.DetectionSettings.from_parameters({**params, "rank_by_class_sum": "1"}).rank_by_class_sum
 
 
 def test_box_share_limits_drop_tiny_and_whole_photo_boxes():

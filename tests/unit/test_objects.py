@@ -34,6 +34,15 @@ def test_a_search_keeps_boxes_from_the_requested_score_best_first_then_the_whole
     assert rows.labels == [WHOLE_IMAGE_LABEL] and nothing  # nothing kept: the whole photo despite skip
 
 
+def test_a_search_keeps_the_postprocess_order_not_the_shown_score():
+    # the postprocess ranked the box spread over classes (best class 0.1) before the sure cup
+    ranked = photo_rows(("object", 0.1, unit(0, 1, 0, 0)), ("cup", 0.9, unit(1, 0, 0, 0)))
+    rows, _ = objects.searched(ranked, 0.0, 1, True)
+    assert rows.labels == ["object"]
+    rows, _ = objects.searched(ranked, 0.5, 1, True)  # the score floor still applies
+    assert rows.labels == ["cup"]
+
+
 def test_the_list_takes_the_whole_photo_a_region_and_boxes_from_the_listed_score():
     rows, _ = objects.searched(photo(), 0.0, 4, False)
     assert objects.listed(rows, 0.005).tolist() == [True, True, False, True]

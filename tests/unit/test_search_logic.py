@@ -61,7 +61,8 @@ def test_min_similarity_drops_weak_matches(search, fake_triton, stocked):
 
 
 def test_min_detection_score_and_max_objects_choose_the_objects(search, fake_triton, stocked):
-    fake_triton.detections[b"photo"] = objects(("cup", 0.4, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE))
+    # in the postprocess's order, best first
+    fake_triton.detections[b"photo"] = objects(("cat", 0.95, GREEN), ("bowl", 0.7, BLUE), ("cup", 0.4, RED))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", min_detection_score=0.5), no_deadline))
     assert [g.label for g in response.objects] == ["cat", "bowl", "image"]  # best first, the 0.4 cup dropped
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=1), no_deadline))
@@ -148,7 +149,7 @@ def test_a_photo_searches_at_most_the_configured_boxes_and_shows_only_the_confid
                                                                                         backends):
     search = Search(Settings.from_env({"VS_MAX_SEARCHED_OBJECTS": "2", "VS_SHOWN_DETECTION_SCORE": "0.5"}),
                     backends)
-    fake_triton.detections[b"photo"] = objects(("cup", 0.3, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE),
+    fake_triton.detections[b"photo"] = objects(("cat", 0.95, GREEN), ("bowl", 0.7, BLUE), ("cup", 0.3, RED),
                                                ("vase", 0.2, RED))
     response = run(search.search(pb.SearchByImageRequest(image=b"photo", include_tentative_objects=True),
                                  no_deadline))

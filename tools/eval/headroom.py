@@ -9,7 +9,7 @@ search, a product's score is its best row), and scores each query the way ``make
 group does: the detected box that overlaps the object (IoU >= 0.5), else the whole photo.
 
 The first table asks how much of the gap is the detector's box choice. A search sends the 4
-highest-scoring boxes (``VS_MAX_SEARCHED_OBJECTS``); the postprocess keeps 8; a wider pool (from
+boxes the postprocess ranks best (``VS_MAX_SEARCHED_OBJECTS``); the postprocess keeps 8; a wider pool (from
 score 0.0005, 64 boxes, one detector run read three ways) shows what a lower threshold would
 offer. For each pool: how often it holds the object's box, the object group's recall@1 if that
 box were searched whatever its rank in the pool, and how often the object's box or the whole
@@ -280,7 +280,7 @@ def write_markdown(path: Path, data: dict) -> None:
         "how): exact search here, Milvus and the service's top 10 in docs/evaluation.md, so the two agree within "
         "a photo or two.", "",
         "## How much the box choice caps the object's group", "",
-        f"A search sends the {data['searched']} highest-scoring boxes; the postprocess keeps "
+        f"A search sends the {data['searched']} boxes the postprocess ranks best; it keeps "
         f"{data['kept']}; the wide pool is every box from score {WIDE_SCORE} after the same NMS, at most "
         f"{WIDE_BOXES}. Boxed: the pool holds a box with IoU >= {MATCH_IOU} with the object. Group R@1: "
         "the object's group (that box searched, whatever its rank in the pool, else the whole photo) ranks the "

@@ -113,6 +113,9 @@ VARIANTS = {v.name: v for v in [
             description="the shipped default (models and model_repository/ settings), detector and embedder float"),
     Variant("shipped", description="the shipped default as CPU pods serve it (model_repository/ as is: INT8 "
                                    "detector and embedder)"),
+    Variant("shipped-best-class", postprocess={"rank_by_class_sum": "0"},
+            description="shipped with boxes ranked by their best class's score (the default before 2026-12-07 "
+                        "17:00 UTC), not by the sum of their class scores"),
     Variant("shipped-listed-0.05", service_env={"VS_LISTED_DETECTION_SCORE": "0.05"},
             description="shipped with only detections from 0.05 merged into the product list (the default before "
                         "2026-11-28 11:00 UTC, when VS_CONFIDENT_DETECTION_SCORE set both)"),
@@ -179,9 +182,9 @@ VARIANTS = {v.name: v for v in [
 # list as it does: pinned until 2026-12-07, they charged the projections for the older list rule
 # too (-4.7 points at 256-d instead of the projection's own cost).
 LISTED_BEFORE = {"VS_LISTED_DETECTION_SCORE": "0.05"}
-RELISTED = ("shipped", "shipped-float", "shipped-listed-every", "shipped-256-learned", "shipped-512-learned",
-            "shipped-768-learned", "shipped-256-learned-float", "shipped-hnsw-sq", "shipped-detector-640",
-            "shipped-detector-576", "shipped-detector-480")
+RELISTED = ("shipped", "shipped-float", "shipped-best-class", "shipped-listed-every", "shipped-256-learned",
+            "shipped-512-learned", "shipped-768-learned", "shipped-256-learned-float", "shipped-hnsw-sq",
+            "shipped-detector-640", "shipped-detector-576", "shipped-detector-480")
 VARIANTS = {name: v if name in RELISTED else replace(v, service_env={**LISTED_BEFORE, **v.service_env})
             for name, v in VARIANTS.items()}
 DEFAULT_VARIANTS = list(VARIANTS)
