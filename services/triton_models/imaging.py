@@ -133,8 +133,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int 
 
 
 # With rank_by_class_sum, how many boxes (NMS's best by their best class) are reordered by their
-# class sum: as many as `make eval-headroom`'s wide pool, which holds the object's box in 95 % of
-# the scene photos; bounded so a busy photo costs a bounded NMS.
+# class sum: the pool the rule was chosen on (`make eval-headroom`'s wide pool of 64 holds the
+# object's box in 95 % of the scene photos), and a bound on a busy photo's NMS.
 RANKED_CANDIDATES = 64
 
 
@@ -164,7 +164,7 @@ class DetectionSettings:
 
     def at_most(self, objects: int) -> DetectionSettings:
         """These settings keeping at most ``objects`` boxes (at least 1, never more than
-        ``max_objects``): the highest-scored ones, so a search that sends only its best boxes to
+        ``max_objects``): the best-ranked ones, so a search that sends only its best boxes to
         Milvus crops and embeds no other (at least 1: no box at all would read as nothing detected)."""
         return replace(self, max_objects=max(1, min(self.max_objects, objects)))
 
