@@ -76,8 +76,7 @@ def searched(found: Objects, min_detection_score: float, max_objects: int, skip_
     not be by the score shown: model_repository/postprocess's rank_by_class_sum); then the whole
     photo, unless the caller skips it and an object is kept. Also whether no detected object was
     kept."""
-    detected = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_detection_score]
-    detected = detected[:max_objects]
+    detected = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_detection_score][:max_objects]
     rest = [int(i) for i in np.flatnonzero(~found.detected)]
     if detected and skip_whole_image:
         rest = [i for i in rest if not found.whole[i]]

@@ -198,7 +198,7 @@ def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
         keep = nms(boxes + offset, scores, settings.iou_threshold, settings.max_objects)
     else:
         keep = nms(boxes + offset, scores, settings.iou_threshold, max(RANKED_CANDIDATES, settings.max_objects))
-        ranks = class_scores[:, mask][:, keep].sum(axis=0)
+        ranks = class_scores[:, np.flatnonzero(mask)[keep]].sum(axis=0)  # only the kept boxes' columns
         keep = keep[np.argsort(-ranks, kind="stable")][:settings.max_objects]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
 

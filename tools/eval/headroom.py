@@ -186,6 +186,7 @@ def embed_scenes(pipe: LocalPipeline, evalset: dataset.EvalSet, index: dict[str,
         decoded = pipe.decode((evalset.folder / query.path).read_bytes())
         raw, geometry = pipe.detector_output(decoded)
         boxes: dict[str, np.ndarray | None] = {}
+        embedded: dict[tuple[float, ...], np.ndarray] = {}  # the pools mostly find the same box: embed it once
         mirrored = None
         for pool, detection in settings.items():
             found = imaging.locate(raw, geometry, len(pipe.classes), detection)
@@ -193,8 +194,12 @@ def embed_scenes(pipe: LocalPipeline, evalset: dataset.EvalSet, index: dict[str,
             if best is None:
                 boxes[pool] = None
                 continue
-            crop = imaging.crop_resize(decoded.pixels, found.crop_boxes[best:best + 1], pipe.crop_size)
-            boxes[pool] = _unit(pipe.embed(crop)[0])
+            window = found.crop_boxes[best:best + 1]
+            crop = imaging.crop_resize(decoded.pixels, window, pipe.crop_size)
+            key = tuple(window.reshape(-1).tolist())
+            if key not in embedded:
+                embedded[key] = _unit(pipe.embed(crop)[0])
+            boxes[pool] = embedded[key]
             if pool == "searched":
                 mirrored = _unit(pipe.embed(np.ascontiguousarray(crop[:, :, :, ::-1]))[0])
         whole = views.pool_views(pipe.embed(views.whole_image_views(
