@@ -13,12 +13,13 @@ from services.search.validation import Region
 
 
 async def embed(triton: Triton, image: bytes, mode: int, region: Region | None, remaining: Remaining,
-                max_objects: int | None = None) -> Objects:
+                max_objects: int | None = None, min_score: float = 0.0) -> Objects:
     """The rows of ``image`` in ``mode`` (an ``EmbedMode``), within the caller's deadline;
-    ``max_objects``: detect mode embeds only the best this many objects (None: every kept box)."""
+    detect mode embeds only the best ``max_objects`` objects (None: every kept box) of those
+    scored ``min_score`` or more."""
     if mode == pb.EMBED_MODE_DETECT:
         return await timed(metrics.TRITON_SECONDS.labels(DETECT_ENSEMBLE),
-                           triton.detect_and_embed(image, remaining(), max_objects), remaining())
+                           triton.detect_and_embed(image, remaining(), max_objects, min_score), remaining())
     if mode == pb.EMBED_MODE_REGION and region is None:
         raise InvalidInput("mode REGION needs a region")
     if mode not in (pb.EMBED_MODE_REGION, pb.EMBED_MODE_WHOLE_IMAGE):

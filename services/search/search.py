@@ -84,8 +84,10 @@ class Search:
         query = check_search(req, self.settings)
         mode = pb.EMBED_MODE_REGION if query.region is not None else pb.EMBED_MODE_DETECT
         # only the boxes ``objects.searched`` can send are cropped and embedded: the best
-        # max_objects as the postprocess ranks them (those under min_detection_score are dropped after)
-        found = await embed(self.backends.triton, query.image, mode, query.region, remaining, query.max_objects)
+        # max_objects as the postprocess ranks them, among those from min_detection_score (the
+        # postprocess drops the others first: its ranking is not by the score the floor reads)
+        found = await embed(self.backends.triton, query.image, mode, query.region, remaining, query.max_objects,
+                            query.min_detection_score)
         rows, nothing_detected = objects.searched(found, query.min_detection_score, query.max_objects,
                                                   query.skip_whole_image)
         metrics.OBJECTS_PER_IMAGE.observe(len(rows))

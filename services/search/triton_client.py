@@ -29,13 +29,13 @@ from services.search.objects import Objects, single
 log = logging.getLogger(__name__)
 
 # Ensembles and models the service calls (model_repository/<name>/config.pbtxt).
-# IMAGE [1,1] (+ optional MAX_OBJECTS [1]) -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK; the last
+# IMAGE [1,1] (+ optional MAX_OBJECTS [1], MIN_SCORE [1]) -> BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK; the last
 # row is the whole image
 DETECT_ENSEMBLE = "detect_and_embed"
 REGION_ENSEMBLE = "embed_region"  # IMAGE [1] + REGION [4] -> EMBEDDINGS [1,D], BOXES [1,4]
 MODEL_INFO = "model_info"  # -> DETECTOR, EMBEDDER (manifests), PIPELINE (fingerprint), DETECTION (JSON)
 # Tensors.
-IMAGE, REGION, MAX_OBJECTS = "IMAGE", "REGION", "MAX_OBJECTS"
+IMAGE, REGION, MAX_OBJECTS, MIN_SCORE = "IMAGE", "REGION", "MAX_OBJECTS", "MIN_SCORE"
 BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK = "BOXES", "SCORES", "LABELS", "EMBEDDINGS", "FALLBACK"
 DETECT_OUTPUTS = (BOXES, SCORES, LABELS, EMBEDDINGS, FALLBACK)
 REGION_OUTPUTS = (EMBEDDINGS, BOXES)
@@ -61,16 +61,23 @@ RECONNECT_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reco
                      ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
-def detect_request(image: bytes, max_objects: int | None = None) -> tuple[str, list[InferInput]]:
+def detect_request(image: bytes, max_objects: int | None = None, min_score: float = 0.0
+                   ) -> tuple[str, list[InferInput]]:
     """``max_objects``: crop and embed only the best this many objects (None: every box the
-    postprocess keeps, as a catalog import needs)."""
+    postprocess keeps, as a catalog import needs); ``min_score``: only objects scored this or
+    more, chosen before the best ``max_objects`` are (0: sent as no floor at all)."""
     tensor = InferInput(IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_))
-    if max_objects is None:
-        return DETECT_ENSEMBLE, [tensor]
-    limit = InferInput(MAX_OBJECTS, [1], "INT32")
-    limit.set_data_from_numpy(np.array([max_objects], np.int32))
-    return DETECT_ENSEMBLE, [tensor, limit]
+    inputs = [tensor]
+    if max_objects is not None:
+        limit = InferInput(MAX_OBJECTS, [1], "INT32")
+        limit.set_data_from_numpy(np.array([max_objects], np.int32))
+        inputs.append(limit)
+    if min_score > 0:
+        floor = InferInput(MIN_SCORE, [1], "FP32")
+        floor.set_data_from_numpy(np.array([min_score], np.float32))
+        inputs.append(floor)
+    return DETECT_ENSEMBLE, inputs
 
 
 def region_request(image: bytes, region: tuple[float, float, float, float] | None
@@ -154,8 +161,8 @@ class TritonClient:
             raise map_error(exc, self.url) from None
 
     async def detect_and_embed(self, image: bytes, remaining_s: float | None = None,
-                               max_objects: int | None = None) -> Objects:
-        return objects_from(await self._infer(detect_request(image, max_objects), remaining_s))
+                               max_objects: int | None = None, min_score: float = 0.0) -> Objects:
+        return objects_from(await self._infer(detect_request(image, max_objects, min_score), remaining_s))
 
     async def embed_region(self, image: bytes, region: tuple[float, float, float, float] | None,
                            remaining_s: float | None = None) -> Objects:

@@ -168,6 +168,21 @@ class DetectionSettings:
         Milvus crops and embeds no other (at least 1: no box at all would read as nothing detected)."""
         return replace(self, max_objects=max(1, min(self.max_objects, objects)))
 
+    def at_least(self, score: float) -> DetectionSettings:
+        """These settings keeping only boxes scored ``score`` or more (their best class's score,
+        the one a response shows; a floor under ``score_threshold`` changes nothing). The floor
+        applies before the ranking and the ``max_objects`` cut: with ``rank_by_class_sum`` a box
+        under it could otherwise take the place of one above it. NMS visits boxes best score
+        first, so a box under the floor never suppressed one above it: dropping it first keeps
+        exactly the boxes that dropping it after would (and more of them, the cut being later)."""
+        return replace(self, score_threshold=max(self.score_threshold, float(score)))
+
+    def for_request(self, objects: int | None = None, min_score: float | None = None) -> DetectionSettings:
+        """These settings as one request asks: at most ``objects`` boxes (``at_most``), none
+        scored under ``min_score`` (``at_least``); None leaves a setting as configured."""
+        settings = self if objects is None else self.at_most(objects)
+        return settings if min_score is None else settings.at_least(min_score)
+
 
 def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,
            image_area: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

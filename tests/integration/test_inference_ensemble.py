@@ -138,6 +138,30 @@ def test_max_objects_embeds_only_the_best_boxes_and_the_same_vectors(client, pho
     assert detect_and_embed(client, encode(photos[name].pixels), max_objects=99)["LABELS"] == full["LABELS"]
 
 
+def test_min_score_drops_faint_boxes_before_the_best_are_chosen(client, photos, results):
+    # The boxes come ranked by their class sum, not by the score shown: find a photo where a box
+    # ranks above one that scores higher, and ask for the boxes down to the higher one's rank
+    # with a floor between the two scores. The fainter box must not take the surer one's place.
+    out_of_order = [(name, i, j) for name, full in results.items() for j in range(len(full["SCORES"]) - 1)
+                    for i in range(j) if full["SCORES"][i] < full["SCORES"][j]]
+    assert out_of_order, "every sample photo's boxes come in score order: nothing to test the floor on"
+    name, i, j = out_of_order[0]
+    full = results[name]
+    scores = full["SCORES"]
+    floor = float(scores[i] + scores[j]) / 2
+    floored = detect_and_embed(client, encode(photos[name].pixels), max_objects=j, min_score=floor)
+    kept = floored["SCORES"][:-1]
+    assert len(kept) and (kept >= floor).all(), kept
+    assert any(np.allclose(box, full["BOXES"][j]) for box in floored["BOXES"][:-1]), (name, i, j, kept)
+    # the same boxes and vectors as the in-process reference of the postprocess
+    expected = LocalPipeline.from_repository().detect_and_embed(encode(photos[name].pixels), j, floor)
+    np.testing.assert_allclose(floored["BOXES"], expected.boxes, atol=0.5)
+    np.testing.assert_allclose(floored["EMBEDDINGS"], expected.embeddings, atol=2e-4)
+    # a floor above every box leaves the whole photo alone, flagged as nothing detected
+    none = detect_and_embed(client, encode(photos[name].pixels), max_objects=j, min_score=0.999)
+    assert none["LABELS"] == ["image"] and none["FALLBACK"][0]
+
+
 def test_the_whole_photo_is_always_the_last_row(results, photos):
     for name, result in results.items():
         assert result["LABELS"][-1] == "image" and result["SCORES"][-1] == 0

@@ -175,6 +175,23 @@ def test_min_detection_score_and_max_objects_limit_the_groups(service, catalog, 
     assert strict.whole_image_searched and [g.label for g in strict.objects] == ["image"]
 
 
+def test_min_detection_score_applies_before_max_objects(service, catalog, photos):
+    # boxes come ranked by their class sum, so a faint box can rank above a surer one; a floor
+    # between the two with max_objects down to the surer one's rank must keep the surer one
+    image = encode(photos["coffee"].pixels)
+    full = search(service, image, max_objects=99, include_tentative_objects=True)
+    scores = [g.detection_score for g in full.objects if not g.whole_image]
+    pairs = [(i, j) for j in range(len(scores)) for i in range(j) if scores[i] < scores[j]]
+    assert pairs, f"the coffee photo's boxes come in score order {scores}: nothing to test the floor on"
+    i, j = pairs[0]
+    floor = (scores[i] + scores[j]) / 2
+    floored = search(service, image, max_objects=j, min_detection_score=floor, include_tentative_objects=True)
+    kept = [g.detection_score for g in floored.objects if not g.whole_image]
+    above = [s for s in scores if s >= floor]
+    # the boxes from the floor in their ranked order, the surer box j among them (box i is not)
+    assert all(s >= floor for s in kept) and kept[:len(above[:j])] == pytest.approx(above[:j]), (scores, floor, kept)
+
+
 def test_every_search_also_searches_the_whole_photo_and_merges_one_list(service, catalog, photos):
     photo = side_by_side(photos["cat"].pixels, photos["coffee"].pixels)
     response = search(service, encode(photo), top_k=3)

@@ -10,9 +10,9 @@ import tritonclient.grpc as grpcclient
 from services.search import triton_client as tc
 
 
-def detect_and_embed(client: grpcclient.InferenceServerClient, data: bytes, max_objects: int | None = None
-                     ) -> dict[str, np.ndarray]:
-    result = client.infer(*tc.detect_request(data, max_objects))
+def detect_and_embed(client: grpcclient.InferenceServerClient, data: bytes, max_objects: int | None = None,
+                     min_score: float = 0.0) -> dict[str, np.ndarray]:
+    result = client.infer(*tc.detect_request(data, max_objects, min_score))
     out = {name: result.as_numpy(name) for name in tc.DETECT_OUTPUTS}
     out[tc.LABELS] = [label.decode() for label in out[tc.LABELS]]
     return out

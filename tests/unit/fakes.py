@@ -53,15 +53,16 @@ class FakeTriton(Triton):
             raise BackendUnavailable("Triton at fake is unavailable or failing: down")
 
     async def detect_and_embed(self, image: bytes, remaining_s: float | None = None,
-                               max_objects: int | None = None) -> Objects:
-        await self._enter("detect", image, max_objects)
+                               max_objects: int | None = None, min_score: float = 0.0) -> Objects:
+        await self._enter("detect", image, (max_objects, min_score))
         if image not in self.detections:
             raise InvalidInput("invalid image: image bytes are not a decodable image")
         found = self.detections[image]
-        if max_objects is None:
+        if max_objects is None and not min_score:
             return found
-        # as the ensemble does: its first max_objects boxes (the postprocess's best), then the whole image
-        boxes = [int(i) for i in np.flatnonzero(found.detected)][:max_objects]
+        # as the ensemble does: its first max_objects boxes (the postprocess's best) from
+        # min_score, then the whole image
+        boxes = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_score][:max_objects]
         return found.take(boxes + [int(i) for i in np.flatnonzero(~found.detected)])
 
     async def embed_region(self, image: bytes, region: tuple | None, remaining_s: float | None = None

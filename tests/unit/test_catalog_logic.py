@@ -47,7 +47,7 @@ def test_import_stores_one_row_per_object_with_the_product_attributes(catalog, f
     whole = fake_store.rows["P|i1|2"]  # the catalog image as a whole, besides its objects
     assert whole["label"] == "image" and whole["box"] == {"x_min": 0.0, "y_min": 0.0, "x_max": 100.0, "y_max": 80.0}
     assert fake_store.seals == 1 and fake_store.visible_waits == [{"P": {"P|i1|0", "P|i1|1", "P|i1|2"}}]
-    assert fake_triton.calls == [("detect", b"i1", None)]  # every box the postprocess keeps, not a search's few
+    assert fake_triton.calls == [("detect", b"i1", (None, 0.0))]  # every box the postprocess keeps, not a search's few
 
 
 def test_without_whole_image_rows_only_objects_are_stored_unless_nothing_is_detected(settings, backends, fake_triton,

@@ -202,3 +202,32 @@ def test_detection_settings_at_most_keep_fewer_boxes_never_more_and_at_least_one
     assert settings.at_most(50).max_objects == 8
     assert settings.at_most(0).max_objects == 1  # none at all would read as nothing detected
     assert settings.at_most(4).score_threshold == settings.score_threshold
+
+
+def test_a_score_floor_applies_before_the_class_sum_cut():
+    # ranked by class sum: a faint box spread over every class (score 0.2, sum 0.6) ranks before
+    # two sure ones (0.5 and 0.4); a floor of 0.3 then asks for the best two from 0.3
+    raw = _yolo((100, 100, 40, 40, 0, 0.5), (300, 300, 40, 40, 1, 0.4), (500, 500, 40, 40, 2, 0.2))
+    raw[4:, 2] = 0.2, 0.2, 0.2
+    settings = imaging.DetectionSettings(score_threshold=0.01, max_objects=2, class_agnostic_nms=True,
+                                         rank_by_class_sum=True)
+    assert imaging.detect(raw, 3, settings)[1].tolist() == pytest.approx([0.2, 0.5])
+    # cutting first and flooring after would leave one box; flooring first keeps both above it
+    floored = imaging.detect(raw, 3, settings.for_request(2, 0.3))
+    assert floored[1].tolist() == pytest.approx([0.5, 0.4])
+    assert settings.for_request(None, 0.001).score_threshold == 0.01  # never under the configured threshold
+    assert settings.for_request(None, None) == settings
+
+
+def test_by_the_best_class_a_floor_first_keeps_what_a_floor_after_keeps():
+    # NMS visits boxes best first: a box under the floor never suppressed one above it
+    rng = np.random.default_rng(7)
+    raw = np.zeros((4 + 3, 300), np.float32)
+    raw[:2] = rng.uniform(50, 590, (2, 300))
+    raw[2:4] = rng.uniform(20, 200, (2, 300))
+    raw[4:] = rng.uniform(0, 1, (3, 300)) ** 4
+    settings = imaging.DetectionSettings(score_threshold=0.002, max_objects=300, class_agnostic_nms=True)
+    boxes, scores, _ = imaging.detect(raw, 3, settings)
+    floored_boxes, floored_scores, _ = imaging.detect(raw, 3, settings.at_least(0.2))
+    assert 0 < len(floored_scores) < len(scores)
+    np.testing.assert_array_equal(floored_boxes, boxes[scores >= 0.2])

@@ -70,7 +70,18 @@ def test_min_detection_score_and_max_objects_choose_the_objects(search, fake_tri
     assert response.objects[0].matches[0].product_id == "C"
     assert not response.whole_image_searched
     # Triton is asked to embed only the boxes a search can send: the request's, else the setting's
-    assert [c[2] for c in fake_triton.calls] == [search.settings.max_searched_objects, 1]
+    # count, from the request's floor
+    assert [c[2] for c in fake_triton.calls] == [(search.settings.max_searched_objects, 0.5), (1, 0.0)]
+
+
+def test_the_floor_applies_before_the_best_boxes_are_chosen(search, fake_triton, stocked):
+    # the postprocess ranks by the class sum, not by the score shown: a faint box can rank first
+    fake_triton.detections[b"photo"] = objects(("cup", 0.3, RED), ("cat", 0.95, GREEN), ("bowl", 0.7, BLUE))
+    response = run(search.search(pb.SearchByImageRequest(image=b"photo", max_objects=2, min_detection_score=0.5),
+                                 no_deadline))
+    # both boxes above the floor are searched: the cup under it does not take the bowl's place
+    assert [g.label for g in response.objects] == ["cat", "bowl", "image"]
+    assert fake_triton.calls[-1][2] == (2, 0.5)
 
 
 def test_every_detection_below_the_threshold_leaves_the_whole_photo(search, fake_triton, stocked):

@@ -67,13 +67,13 @@ class LocalPipeline:
     def decode(self, data: bytes) -> imaging.Decoded:
         return imaging.decode(data, self.settings.max_pixels, self.settings.work_side)
 
-    def locate(self, decoded: imaging.Decoded, max_objects: int | None = None) -> imaging.Located:
+    def locate(self, decoded: imaging.Decoded, max_objects: int | None = None,
+               min_score: float | None = None) -> imaging.Located:
         """What the postprocess model makes of a decoded photo: boxes and crop boxes (at most
-        ``max_objects``, as the ensemble's MAX_OBJECTS asks)."""
+        ``max_objects``, from ``min_score``, as the ensemble's MAX_OBJECTS and MIN_SCORE ask)."""
         raw, geometry = self.detector_output(decoded)
-        settings = self.settings.detection
         return imaging.locate(raw, geometry, len(self.classes),
-                              settings if max_objects is None else settings.at_most(max_objects))
+                              self.settings.detection.for_request(max_objects, min_score))
 
     def detector_output(self, decoded: imaging.Decoded) -> tuple[np.ndarray, np.ndarray]:
         """The detector's raw output for a decoded photo and the letterbox geometry that
@@ -82,10 +82,11 @@ class LocalPipeline:
         det = self.detector_manifest["serving"]
         return self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0], geometry
 
-    def detect(self, data: bytes | imaging.Decoded, max_objects: int | None = None) -> imaging.Detections:
+    def detect(self, data: bytes | imaging.Decoded, max_objects: int | None = None,
+               min_score: float | None = None) -> imaging.Detections:
         """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
         decoded = self.decode(data) if isinstance(data, bytes) else data
-        found = self.locate(decoded, max_objects)
+        found = self.locate(decoded, max_objects, min_score)
         crops = imaging.crops_of(decoded.pixels, found.crop_boxes, self.crop_size,
                                  self.settings.detection.whole_image_views)
         return imaging.Detections(found.boxes, found.scores, found.class_ids, crops, found.fallback)
@@ -98,7 +99,8 @@ class LocalPipeline:
         """One embedding per box, the whole image's pooled from its views (as pool_views does)."""
         return views.pool_views(self.embed(found.crops), len(found.boxes))
 
-    def detect_and_embed(self, data: bytes, max_objects: int | None = None) -> PipelineResult:
-        found = self.detect(data, max_objects)
+    def detect_and_embed(self, data: bytes, max_objects: int | None = None,
+                         min_score: float | None = None) -> PipelineResult:
+        found = self.detect(data, max_objects, min_score)
         return PipelineResult(found.boxes, found.scores, imaging.labels(found.class_ids, self.classes),
                               self.embed_found(found), found.fallback)
