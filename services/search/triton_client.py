@@ -65,7 +65,7 @@ def detect_request(image: bytes, max_objects: int | None = None, min_score: floa
                    ) -> tuple[str, list[InferInput]]:
     """``max_objects``: crop and embed only the best this many objects (None: every box the
     postprocess keeps, as a catalog import needs); ``min_score``: only objects scored this or
-    more, chosen before the best ``max_objects`` are (0: sent as no floor at all)."""
+    more, dropped before the best ``max_objects`` are chosen (0: no floor, nothing sent)."""
     tensor = InferInput(IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_))
     inputs = [tensor]
