@@ -177,11 +177,10 @@ class DetectionSettings:
         exactly the boxes that dropping it after would (and more of them, the cut being later)."""
         return replace(self, score_threshold=max(self.score_threshold, float(score)))
 
-    def for_request(self, objects: int | None = None, min_score: float | None = None) -> DetectionSettings:
-        """These settings as one request asks: at most ``objects`` boxes (``at_most``), none
-        scored under ``min_score`` (``at_least``); None leaves a setting as configured."""
-        settings = self if objects is None else self.at_most(objects)
-        return settings if min_score is None else settings.at_least(min_score)
+    def for_request(self, objects: int | None = None, min_score: float = 0.0) -> DetectionSettings:
+        """These settings as one request asks: at most ``objects`` boxes (``at_most``; None: as
+        configured), none scored under ``min_score`` (``at_least``; 0: no floor)."""
+        return (self if objects is None else self.at_most(objects)).at_least(min_score)
 
 
 def detect(raw: np.ndarray, num_classes: int, settings: DetectionSettings,

@@ -58,8 +58,6 @@ class FakeTriton(Triton):
         if image not in self.detections:
             raise InvalidInput("invalid image: image bytes are not a decodable image")
         found = self.detections[image]
-        if max_objects is None and not min_score:
-            return found
         # as the ensemble does: its first max_objects boxes (the postprocess's best) from
         # min_score, then the whole image
         boxes = [int(i) for i in np.flatnonzero(found.detected) if found.scores[i] >= min_score][:max_objects]

@@ -216,7 +216,7 @@ def test_a_score_floor_applies_before_the_class_sum_cut():
     floored = imaging.detect(raw, 3, settings.for_request(2, 0.3))
     assert floored[1].tolist() == pytest.approx([0.5, 0.4])
     assert settings.for_request(None, 0.001).score_threshold == 0.01  # never under the configured threshold
-    assert settings.for_request(None, None) == settings
+    assert settings.for_request(None, 0.0) == settings
 
 
 def test_by_the_best_class_a_floor_first_keeps_what_a_floor_after_keeps():

@@ -68,7 +68,7 @@ class LocalPipeline:
         return imaging.decode(data, self.settings.max_pixels, self.settings.work_side)
 
     def locate(self, decoded: imaging.Decoded, max_objects: int | None = None,
-               min_score: float | None = None) -> imaging.Located:
+               min_score: float = 0.0) -> imaging.Located:
         """What the postprocess model makes of a decoded photo: boxes and crop boxes (at most
         ``max_objects``, from ``min_score``, as the ensemble's MAX_OBJECTS and MIN_SCORE ask)."""
         raw, geometry = self.detector_output(decoded)
@@ -83,7 +83,7 @@ class LocalPipeline:
         return self.detector.run([det["output"]["name"]], {det["input"]["name"]: tensor[None]})[0][0], geometry
 
     def detect(self, data: bytes | imaging.Decoded, max_objects: int | None = None,
-               min_score: float | None = None) -> imaging.Detections:
+               min_score: float = 0.0) -> imaging.Detections:
         """Boxes and crops of an encoded photo, or of one already decoded with ``decode``."""
         decoded = self.decode(data) if isinstance(data, bytes) else data
         found = self.locate(decoded, max_objects, min_score)
@@ -100,7 +100,7 @@ class LocalPipeline:
         return views.pool_views(self.embed(found.crops), len(found.boxes))
 
     def detect_and_embed(self, data: bytes, max_objects: int | None = None,
-                         min_score: float | None = None) -> PipelineResult:
+                         min_score: float = 0.0) -> PipelineResult:
         found = self.detect(data, max_objects, min_score)
         return PipelineResult(found.boxes, found.scores, imaging.labels(found.class_ids, self.classes),
                               self.embed_found(found), found.fallback)

@@ -25,7 +25,7 @@ class TritonPythonModel:
         limit = pb_utils.get_input_tensor_by_name(request, "MAX_OBJECTS")
         floor = pb_utils.get_input_tensor_by_name(request, "MIN_SCORE")
         settings = self.settings.for_request(None if limit is None else int(limit.as_numpy()[0]),
-                                             None if floor is None else float(floor.as_numpy()[0]))
+                                             0.0 if floor is None else float(floor.as_numpy()[0]))
         found = imaging.locate(
             pb_utils.get_input_tensor_by_name(request, "DETECTIONS").as_numpy()[0],
             pb_utils.get_input_tensor_by_name(request, "GEOMETRY").as_numpy()[0],
