@@ -232,8 +232,13 @@ def box_choice(queries: list[SceneQuery], catalog: CatalogRows, products: int) -
     return table
 
 
+def _rank(scores: np.ndarray, product: int) -> int:
+    """The product's rank (1 = first) among the catalog's product scores."""
+    return int((scores > scores[product]).sum()) + 1
+
+
 def _first(scores: np.ndarray, product: int) -> bool:
-    return bool((scores > scores[product]).sum() == 0)
+    return _rank(scores, product) == 1
 
 
 def _row_order(row: str) -> tuple:
@@ -262,7 +267,7 @@ def score(queries: list[SceneQuery], catalog: CatalogRows, option: Option, produ
     ranks = []
     for q in queries:
         scores = catalog.search(kinds, detected(q) if q.matched else missed(q), products)
-        ranks.append(int((scores > scores[q.product]).sum()) + 1)
+        ranks.append(_rank(scores, q.product))
     ranks_arr = np.array(ranks)
     matched = np.array([q.matched for q in queries])
 
